@@ -1,0 +1,281 @@
+//! The one client abstraction: [`ChatClient`].
+//!
+//! `grpc-client`, `amqp-client` and `loadgen` all drive this trait, so the
+//! CLI is written once and the load generator measures exactly the code that
+//! users run. Incoming messages arrive on an [`Incoming`] stream that the
+//! adapter keeps alive across reconnections; [`IncomingSink`] is the
+//! adapter's end of it and drops repeats by sequence number, so a message
+//! re-sent after a reconnect or a server restart is never shown twice.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+
+use crate::error::ErrorCode;
+use crate::id::{ClientId, MessageId};
+use crate::message::{ClientInfo, Message};
+
+/// How many incoming events may wait for the consumer before the adapter
+/// stops reading from the wire (back-pressure instead of unbounded memory).
+pub const INCOMING_CAPACITY: usize = 1024;
+
+/// A chat client over some transport.
+pub trait ChatClient: Clone + Send + Sync + 'static {
+    /// Where to connect (a gRPC URL, an AMQP URL, ...).
+    type Config: Clone + Send + Sync + std::fmt::Debug + 'static;
+
+    /// Opens the transport for client `id`. It neither registers nor goes
+    /// online (one-shot commands need neither). Fails with
+    /// [`ClientError::Unavailable`] when the server or broker cannot be reached.
+    fn connect(
+        config: &Self::Config,
+        id: ClientId,
+    ) -> impl Future<Output = Result<Self, ClientError>> + Send;
+
+    /// This client's ID.
+    fn id(&self) -> &ClientId;
+
+    /// Registers the ID (or resumes it), claims it online and starts pushing
+    /// incoming messages. The returned stream survives reconnections and
+    /// ends when the client is dropped or the ID is taken over.
+    fn join(&self) -> impl Future<Output = Result<Incoming, ClientError>> + Send;
+
+    /// Sends `text` to `to`. Resolves when the server has accepted (logged)
+    /// it, never waiting for delivery; call it many times concurrently.
+    fn send(
+        &self,
+        to: &ClientId,
+        text: &str,
+    ) -> impl Future<Output = Result<Accepted, ClientError>> + Send;
+
+    /// Every registered client with its online status.
+    fn list_clients(&self) -> impl Future<Output = Result<Vec<ClientInfo>, ClientError>> + Send;
+
+    /// Every message this client sent, oldest first.
+    fn history(&self) -> impl Future<Output = Result<Vec<Message>, ClientError>> + Send;
+}
+
+/// The server accepted a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: MessageId,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the request; `message` says why.
+    #[error("{message}")]
+    Rejected { code: ErrorCode, message: String },
+    /// The server or broker cannot be reached (it may come back).
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unavailable { endpoint: String, reason: String },
+    /// The peer answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl ClientError {
+    /// Worth retrying later (as opposed to a refusal that will not change).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout(_))
+            || matches!(
+                self,
+                Self::Rejected {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }
+            )
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::error::ChatError> for ClientError {
+    fn from(e: crate::error::ChatError) -> Self {
+        Self::Rejected {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What the adapter needs to acknowledge one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckToken {
+    /// The message's per-recipient seq (gRPC acknowledges cumulatively by it).
+    pub seq: u64,
+    /// A transport tag (AMQP delivery tag; unused by gRPC).
+    pub tag: u64,
+    /// Which connection the tag belongs to (a tag is only valid there).
+    pub generation: u64,
+}
+
+/// An incoming message, to be acknowledged once it has been shown/handled.
+/// Unacknowledged messages come again after a reconnect.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: Message,
+    token: AckToken,
+    acks: mpsc::UnboundedSender<AckToken>,
+}
+
+impl Delivery {
+    /// Acknowledges this message (it will not be delivered again).
+    pub fn ack(self) {
+        let _ = self.acks.send(self.token);
+    }
+}
+
+/// The connection as the user should hear about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connected,
+    Reconnecting {
+        reason: String,
+    },
+    /// The adapter gave up (e.g. the ID was taken over); the stream ends.
+    Closed {
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum IncomingEvent {
+    Message(Delivery),
+    State(ConnectionState),
+}
+
+/// The consumer's end: incoming messages and connection changes.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<IncomingEvent>,
+}
+
+impl Incoming {
+    /// The next event; `None` once the client has stopped.
+    pub async fn recv(&mut self) -> Option<IncomingEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// The adapter's end of [`Incoming`].
+#[derive(Debug)]
+pub struct IncomingSink {
+    tx: mpsc::Sender<IncomingEvent>,
+    acks: mpsc::UnboundedSender<AckToken>,
+    last_seq: u64,
+}
+
+/// Creates the pair, plus the stream of acknowledgements the adapter must
+/// carry to its transport.
+pub fn incoming_channel() -> (IncomingSink, Incoming, mpsc::UnboundedReceiver<AckToken>) {
+    let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
+    let (acks, ack_rx) = mpsc::unbounded_channel();
+    (
+        IncomingSink {
+            tx,
+            acks,
+            last_seq: 0,
+        },
+        Incoming { rx },
+        ack_rx,
+    )
+}
+
+impl IncomingSink {
+    /// Passes `message` on, unless its seq was passed on already, in which
+    /// case it is acknowledged straight away and dropped. Returns `false`
+    /// once the consumer is gone.
+    pub async fn deliver(&mut self, message: Message, tag: u64, generation: u64) -> bool {
+        let token = AckToken {
+            seq: message.seq,
+            tag,
+            generation,
+        };
+        if message.seq <= self.last_seq {
+            tracing::debug!(seq = message.seq, "dropping a repeated delivery");
+            let _ = self.acks.send(token);
+            return !self.tx.is_closed();
+        }
+        self.last_seq = message.seq;
+        let delivery = Delivery {
+            message,
+            token,
+            acks: self.acks.clone(),
+        };
+        self.tx.send(IncomingEvent::Message(delivery)).await.is_ok()
+    }
+
+    /// Reports a connection change. Returns `false` once the consumer is gone.
+    pub async fn state(&self, state: ConnectionState) -> bool {
+        self.tx.send(IncomingEvent::State(state)).await.is_ok()
+    }
+
+    /// Highest seq passed on so far (resume point after a reconnect).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the consumer has dropped its [`Incoming`].
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Message {
+        Message {
+            id: MessageId::generate(),
+            from: ClientId::parse("a").unwrap(),
+            to: ClientId::parse("b").unwrap(),
+            text: format!("m{seq}"),
+            timestamp_ms: 0,
+            seq,
+        }
+    }
+
+    #[tokio::test]
+    async fn repeats_are_dropped_and_acknowledged() {
+        let (mut sink, mut incoming, mut acks) = incoming_channel();
+        assert!(sink.deliver(msg(1), 10, 1).await);
+        assert!(sink.deliver(msg(2), 11, 1).await);
+        assert!(sink.deliver(msg(1), 12, 2).await); // repeat after a reconnect
+        assert!(sink.deliver(msg(3), 13, 2).await);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            match incoming.recv().await {
+                Some(IncomingEvent::Message(d)) => {
+                    seen.push(d.message.seq);
+                    d.ack();
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        let mut tokens = Vec::new();
+        while let Ok(t) = acks.try_recv() {
+            tokens.push((t.seq, t.tag));
+        }
+        // the repeat was acknowledged by the sink itself, under its own tag
+        assert_eq!(tokens, vec![(1, 12), (1, 10), (2, 11), (3, 13)]);
+        assert_eq!(sink.last_seq(), 3);
+        drop(incoming);
+        assert!(!sink.deliver(msg(4), 14, 2).await);
+    }
+}

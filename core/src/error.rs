@@ -1,0 +1,62 @@
+//! The domain error, and the one code table both transports map from.
+//!
+//! gRPC turns [`ErrorCode`] into a `tonic::Status` code; AMQP sends it in an
+//! `Error` reply. Each adapter does that in exactly one place.
+
+use thiserror::Error;
+
+pub use chat_proto::v1::ErrorCode;
+
+use crate::id::ClientId;
+
+#[derive(Debug, Error)]
+pub enum ChatError {
+    #[error("invalid client ID {0:?}: use 1-32 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    InvalidClientId(String),
+    #[error("invalid message ID {0:?}: must be a UUID, or empty to let the server choose")]
+    InvalidMessageId(String),
+    #[error("message text is empty")]
+    EmptyText,
+    #[error("message text is {len} bytes, over the limit of {max} bytes")]
+    TextTooLong { len: usize, max: usize },
+    #[error("unknown recipient {0:?}: no client is registered under that ID (try /list)")]
+    UnknownRecipient(ClientId),
+    #[error("client {0:?} is online already; pick another ID or stop the other client first")]
+    AlreadyOnline(ClientId),
+    #[error("recipient {0:?} has too many undelivered messages ({1}); try again later")]
+    MailboxFull(ClientId, usize),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("storage error in {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidClientId(_)
+            | Self::InvalidMessageId(_)
+            | Self::EmptyText
+            | Self::TextTooLong { .. }
+            | Self::Malformed(_) => ErrorCode::InvalidArgument,
+            Self::UnknownRecipient(_) => ErrorCode::NotFound,
+            Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
+            Self::MailboxFull(..) => ErrorCode::ResourceExhausted,
+            Self::ShuttingDown => ErrorCode::Unavailable,
+            Self::Storage { .. } => ErrorCode::Internal,
+        }
+    }
+
+    pub(crate) fn storage(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Storage {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

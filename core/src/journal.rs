@@ -1,0 +1,238 @@
+//! The server's durable record, and the single writer that appends to it.
+//!
+//! Two append-only files live in the data directory:
+//!
+//! * `log.txt`: one human-readable line per accepted message (see
+//!   [`crate::log_line`]). It is also the source of truth for histories and
+//!   mailboxes: a recipient's sequence numbers are the order of its lines.
+//! * `state.journal`: registrations (`register <unix_ms> <id>`) and delivery
+//!   cursors (`ack <id> <seq>`: everything up to `seq` reached its next hop).
+//!
+//! All appends go through one writer thread, which takes every request that
+//! is queued, writes each file with one `write` call, optionally `fsync`s,
+//! then hands the batch back for the server to publish. That is group
+//! commit: under load many sends share one syscall, and a send is answered
+//! only after its line reached the OS, so a `kill -9` loses nothing that was
+//! accepted. A torn last line (a crash in the middle of a write) was never
+//! acknowledged, so replay drops it and truncates the file there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ChatError;
+use crate::id::ClientId;
+use crate::log_line;
+use crate::message::Message;
+
+pub const LOG_FILE: &str = "log.txt";
+pub const STATE_FILE: &str = "state.journal";
+
+/// How hard an append is pushed towards the disk before a request is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Written to the OS (survives a crash of the server process).
+    #[default]
+    Os,
+    /// Also `fsync`ed (survives a crash of the machine; slower).
+    Fsync,
+}
+
+/// One thing to make durable.
+#[derive(Debug)]
+pub enum Record {
+    Message(Arc<Message>),
+    Register(ClientId, i64),
+    Ack(ClientId, u64),
+}
+
+pub(crate) struct Job {
+    pub record: Record,
+    pub done: oneshot::Sender<Result<(), Arc<std::io::Error>>>,
+}
+
+/// What replay found on disk.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Registered clients in registration order.
+    pub registered: Vec<ClientId>,
+    /// Highest acknowledged seq per client.
+    pub acks: Vec<(ClientId, u64)>,
+    /// Every logged message in log order (seq still 0).
+    pub messages: Vec<Message>,
+}
+
+/// Reads both files back. Creates the directory and files when missing.
+pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
+    std::fs::create_dir_all(dir).map_err(|e| ChatError::storage(dir, e))?;
+    let mut out = Replay::default();
+
+    let state = dir.join(STATE_FILE);
+    for (n, line) in read_complete_lines(&state)?.into_iter().enumerate() {
+        let mut parts = line.split(' ');
+        let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("register"), Some(_ts), Some(id), None) => {
+                ClientId::parse(id).ok().map(|id| out.registered.push(id))
+            }
+            (Some("ack"), Some(id), Some(seq), None) => {
+                match (ClientId::parse(id), seq.parse::<u64>()) {
+                    (Ok(id), Ok(seq)) => Some(out.acks.push((id, seq))),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if parsed.is_none() {
+            return Err(corrupt(&state, n + 1, &line));
+        }
+    }
+
+    let log = dir.join(LOG_FILE);
+    for (n, line) in read_complete_lines(&log)?.into_iter().enumerate() {
+        match log_line::parse_line(&line) {
+            Some(m) => out.messages.push(m),
+            None => return Err(corrupt(&log, n + 1, &line)),
+        }
+    }
+    Ok(out)
+}
+
+fn corrupt(path: &Path, line_no: usize, line: &str) -> ChatError {
+    ChatError::storage(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "line {line_no} is not a valid record ({:?}); the server will not guess. \
+                 Fix or remove that line, or start with another --data-dir",
+                line.chars().take(80).collect::<String>()
+            ),
+        ),
+    )
+}
+
+/// Every newline-terminated line of `path`; a trailing partial line is cut off
+/// the file (it was never acknowledged).
+fn read_complete_lines(path: &Path) -> Result<Vec<String>, ChatError> {
+    let err = |e| ChatError::storage(path, e);
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(err)?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        tracing::warn!(
+            file = %path.display(),
+            bytes = bytes.len() - complete,
+            "dropping a torn last line left by a crash (it was never acknowledged)"
+        );
+        file.set_len(complete as u64).map_err(err)?;
+        file.seek(SeekFrom::End(0)).map_err(err)?;
+    }
+    BufReader::new(&bytes[..complete])
+        .lines()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)
+}
+
+/// Handle used by the server to queue records for the writer thread.
+pub(crate) type JobSender = mpsc::UnboundedSender<Job>;
+
+/// Called by the writer with each durable batch, in order, before the
+/// batch's senders are answered.
+pub(crate) type Publish = Box<dyn FnMut(&[Record]) + Send>;
+
+/// Starts the writer thread over the files in `dir`.
+pub(crate) fn start_writer(
+    dir: &Path,
+    durability: Durability,
+    mut publish: Publish,
+) -> Result<JobSender, ChatError> {
+    let open = |name: &str| -> Result<(File, PathBuf), ChatError> {
+        let path = dir.join(name);
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ChatError::storage(&path, e))?;
+        Ok((f, path))
+    };
+    let (mut log, _) = open(LOG_FILE)?;
+    let (mut state, _) = open(STATE_FILE)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+
+    std::thread::Builder::new()
+        .name("chat-journal".into())
+        .spawn(move || {
+            let mut batch: Vec<Job> = Vec::new();
+            let mut log_buf = String::new();
+            let mut state_buf = String::new();
+            // After a failed append nothing more is written: accepting later
+            // messages would give them sequence numbers that replay cannot
+            // reproduce. The server keeps answering, with the storage error.
+            let mut failed: Option<Arc<std::io::Error>> = None;
+            while let Some(first) = rx.blocking_recv() {
+                if let Some(e) = &failed {
+                    let _ = first.done.send(Err(e.clone()));
+                    continue;
+                }
+                batch.push(first);
+                while batch.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                log_buf.clear();
+                state_buf.clear();
+                for job in &batch {
+                    match &job.record {
+                        Record::Message(m) => log_line::write_line(&mut log_buf, m),
+                        Record::Register(id, ts) => {
+                            state_buf.push_str(&format!("register {ts} {id}\n"))
+                        }
+                        Record::Ack(id, seq) => state_buf.push_str(&format!("ack {id} {seq}\n")),
+                    }
+                }
+                let result = append(&mut state, &state_buf, durability)
+                    .and_then(|()| append(&mut log, &log_buf, durability));
+                match result {
+                    Ok(()) => {
+                        let (records, dones): (Vec<_>, Vec<_>) =
+                            batch.drain(..).map(|j| (j.record, j.done)).unzip();
+                        publish(&records);
+                        for done in dones {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot append to the data directory; refusing all further writes");
+                        let e = Arc::new(e);
+                        for job in batch.drain(..) {
+                            let _ = job.done.send(Err(e.clone()));
+                        }
+                        failed = Some(e);
+                    }
+                }
+            }
+        })
+        .map_err(|e| ChatError::storage(dir, e))?;
+    Ok(tx)
+}
+
+fn append(file: &mut File, buf: &str, durability: Durability) -> std::io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    file.write_all(buf.as_bytes())?;
+    if durability == Durability::Fsync {
+        file.sync_data()?;
+    }
+    Ok(())
+}

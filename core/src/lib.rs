@@ -1,0 +1,29 @@
+//! chat-core: everything that is *chat*, written once for both transports.
+//!
+//! The gRPC and AMQP crates are adapters: they translate between their wire
+//! and the types here. Domain rules (IDs, limits, who is registered, what was
+//! sent, what is pending for whom), the durable record (`log.txt` and the
+//! state journal), the [`ChatClient`] trait and the command-line front-end
+//! all live in this crate, so both stacks behave the same by construction.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod id;
+pub mod journal;
+pub mod limits;
+pub mod log_line;
+pub mod message;
+pub mod server;
+pub mod telemetry;
+
+pub use client::{
+    Accepted, AckToken, ChatClient, ClientError, ConnectionState, Delivery, Incoming,
+    IncomingEvent, IncomingSink,
+};
+pub use error::{ChatError, ErrorCode};
+pub use id::{ClientId, MessageId};
+pub use limits::Limits;
+pub use message::{ClientInfo, Message};
+pub use server::{ChatServer, Session};

@@ -1,0 +1,70 @@
+//! Named, configurable limits, each with the reason for its default.
+
+use crate::error::ChatError;
+
+/// Default largest message text: 4 KiB is plenty for chat lines and keeps
+/// one message well inside a single TCP segment burst and an AMQP frame.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 4096;
+
+/// Default most messages waiting for one recipient. Past it, sends to that
+/// recipient are refused (RESOURCE_EXHAUSTED) instead of growing memory
+/// without bound for a client that never comes back.
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+/// The server-side limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest accepted text, in bytes of UTF-8.
+    pub max_text_bytes: usize,
+    /// Most undelivered messages kept for one recipient.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+impl Limits {
+    /// Empty (or whitespace-only) and oversized texts are refused.
+    pub fn check_text(&self, text: &str) -> Result<(), ChatError> {
+        if text.trim().is_empty() {
+            return Err(ChatError::EmptyText);
+        }
+        if text.len() > self.max_text_bytes {
+            return Err(ChatError::TextTooLong {
+                len: text.len(),
+                max: self.max_text_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limits() {
+        let limits = Limits {
+            max_text_bytes: 8,
+            ..Limits::default()
+        };
+        assert!(limits.check_text("hello").is_ok());
+        assert!(limits.check_text("12345678").is_ok());
+        assert!(matches!(limits.check_text(""), Err(ChatError::EmptyText)));
+        assert!(matches!(
+            limits.check_text(" \n\t"),
+            Err(ChatError::EmptyText)
+        ));
+        assert!(matches!(
+            limits.check_text("123456789"),
+            Err(ChatError::TextTooLong { len: 9, max: 8 })
+        ));
+    }
+}

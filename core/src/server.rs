@@ -1,0 +1,433 @@
+//! [`ChatServer`]: the transport-independent chat server.
+//!
+//! It owns who is registered and online, every client's history, and every
+//! recipient's *mailbox*: the accepted messages that have not yet reached
+//! their next hop. Each recipient has its own gap-free sequence number; its
+//! mailbox holds the messages above its acknowledged cursor.
+//!
+//! * gRPC: the next hop is the client. A [`Session`] streams the mailbox and
+//!   the client acknowledges what it has shown.
+//! * AMQP: the next hop is the recipient's durable queue. The server
+//!   acknowledges once the broker confirmed the publish, and re-publishes
+//!   whatever is still in a mailbox after a restart.
+//!
+//! Either way a crash between "accepted" and "delivered" loses nothing, and
+//! recipients drop any repeat by its sequence number, so nothing shows twice.
+//!
+//! Visibility follows durability: a message enters histories and mailboxes
+//! only after the journal writer has appended it (see [`crate::journal`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chat_proto::v1 as pb;
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::ChatError;
+use crate::id::{ClientId, MessageId};
+use crate::journal::{self, Durability, Job, JobSender, Record};
+use crate::limits::Limits;
+use crate::message::{ClientInfo, Message, now_ms};
+
+/// Most messages a session takes from the mailbox in one go.
+const SESSION_BATCH: usize = 256;
+
+/// Server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub durability: Durability,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+/// The chat server. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct ChatServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<Mutex<State>>,
+    journal: JobSender,
+    limits: Limits,
+    data_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    clients: BTreeMap<ClientId, Client>,
+    /// Every accepted message by ID, so a retried send is accepted once.
+    by_id: HashMap<MessageId, Arc<Message>>,
+    shutting_down: bool,
+    next_session: u64,
+}
+
+#[derive(Default)]
+struct Client {
+    /// The session currently holding this ID online, if any.
+    session: Option<u64>,
+    /// Last seq assigned to a message for this client (committed or not).
+    assigned_seq: u64,
+    /// Everything up to here reached its next hop.
+    acked: u64,
+    /// Committed messages above `acked`, in seq order.
+    mailbox: VecDeque<Arc<Message>>,
+    /// Messages this client sent, oldest first.
+    history: Vec<Arc<Message>>,
+    /// Wakes this client's session when its mailbox grows.
+    notify: Arc<Notify>,
+}
+
+impl Client {
+    fn committed_seq(&self) -> u64 {
+        self.mailbox.back().map_or(self.acked, |m| m.seq)
+    }
+}
+
+impl ChatServer {
+    /// Opens (or creates) the data directory and rebuilds the state from it.
+    pub fn open(config: ServerConfig) -> Result<Self, ChatError> {
+        let replay = journal::replay(&config.data_dir)?;
+        let mut state = State::default();
+        for id in replay.registered {
+            state.clients.entry(id).or_default();
+        }
+        for (id, seq) in replay.acks {
+            let c = state.clients.entry(id).or_default();
+            c.acked = c.acked.max(seq);
+        }
+        let count = replay.messages.len();
+        for mut m in replay.messages {
+            let to = state.clients.entry(m.to.clone()).or_default();
+            to.assigned_seq += 1;
+            m.seq = to.assigned_seq;
+            let m = Arc::new(m);
+            if m.seq > to.acked {
+                to.mailbox.push_back(m.clone());
+            }
+            state
+                .clients
+                .entry(m.from.clone())
+                .or_default()
+                .history
+                .push(m.clone());
+            state.by_id.insert(m.id, m);
+        }
+        for c in state.clients.values_mut() {
+            c.acked = c.acked.min(c.assigned_seq);
+        }
+        let pending: usize = state.clients.values().map(|c| c.mailbox.len()).sum();
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            clients = state.clients.len(),
+            messages = count,
+            undelivered = pending,
+            "state rebuilt from the data directory"
+        );
+
+        let state = Arc::new(Mutex::new(state));
+        let for_writer = state.clone();
+        let journal = journal::start_writer(
+            &config.data_dir,
+            config.durability,
+            Box::new(move |records| commit(&for_writer, records)),
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state,
+                journal,
+                limits: config.limits,
+                data_dir: config.data_dir,
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue(&self, record: Record) -> oneshot::Receiver<Result<(), Arc<std::io::Error>>> {
+        let (done, rx) = oneshot::channel();
+        // The writer only stops when the process does; a closed channel
+        // shows up as an error on `rx`.
+        let _ = self.inner.journal.send(Job { record, done });
+        rx
+    }
+
+    async fn durable(
+        &self,
+        rx: oneshot::Receiver<Result<(), Arc<std::io::Error>>>,
+    ) -> Result<(), ChatError> {
+        let path = &self.inner.data_dir;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ChatError::storage(
+                path,
+                std::io::Error::new(e.kind(), e.to_string()),
+            )),
+            Err(_) => Err(ChatError::ShuttingDown),
+        }
+    }
+
+    /// Registers `raw_id`, or resumes it if it is registered and offline.
+    /// Returns whether the ID was new.
+    pub async fn register(&self, raw_id: &str) -> Result<bool, ChatError> {
+        let id = ClientId::parse(raw_id)?;
+        let rx = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Err(ChatError::ShuttingDown);
+            }
+            match st.clients.get(&id) {
+                Some(c) if c.session.is_some() => return Err(ChatError::AlreadyOnline(id)),
+                Some(_) => return Ok(false),
+                None => {}
+            }
+            st.clients.entry(id.clone()).or_default();
+            self.queue(Record::Register(id, now_ms()))
+        };
+        self.durable(rx).await?;
+        Ok(true)
+    }
+
+    /// Accepts a message: validates it, appends it to `log.txt` and queues it
+    /// for its recipient. Returns once it is durable; delivery happens later.
+    /// An unknown (valid) sender is registered on the way.
+    pub async fn send(&self, req: pb::SendRequest) -> Result<Arc<Message>, ChatError> {
+        let from = ClientId::parse(&req.from)?;
+        let to = ClientId::parse(&req.to)?;
+        let id = MessageId::parse_or_generate(&req.id)?;
+        self.inner.limits.check_text(&req.text)?;
+        let (message, register_rx, rx) = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Err(ChatError::ShuttingDown);
+            }
+            if let Some(existing) = st.by_id.get(&id) {
+                return Ok(existing.clone());
+            }
+            let Some(recipient) = st.clients.get_mut(&to) else {
+                return Err(ChatError::UnknownRecipient(to));
+            };
+            let pending = (recipient.assigned_seq - recipient.acked) as usize;
+            if pending >= self.inner.limits.max_pending {
+                return Err(ChatError::MailboxFull(to, pending));
+            }
+            recipient.assigned_seq += 1;
+            let message = Arc::new(Message {
+                id,
+                from: from.clone(),
+                to,
+                text: req.text,
+                timestamp_ms: now_ms(),
+                seq: recipient.assigned_seq,
+            });
+            let register_rx = if st.clients.contains_key(&from) {
+                None
+            } else {
+                st.clients.entry(from.clone()).or_default();
+                Some(self.queue(Record::Register(from, now_ms())))
+            };
+            st.by_id.insert(id, message.clone());
+            let rx = self.queue(Record::Message(message.clone()));
+            (message, register_rx, rx)
+        };
+        if let Some(r) = register_rx {
+            self.durable(r).await?;
+        }
+        self.durable(rx).await?;
+        Ok(message)
+    }
+
+    /// Claims `raw_id` online and returns the session that streams its
+    /// mailbox, starting after `after_seq` (or its acknowledged cursor, if
+    /// higher). Registers the ID if it is new.
+    pub async fn connect(&self, raw_id: &str, after_seq: u64) -> Result<Session, ChatError> {
+        let id = ClientId::parse(raw_id)?;
+        let (session, rx) = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Err(ChatError::ShuttingDown);
+            }
+            st.next_session += 1;
+            let session_no = st.next_session;
+            let is_new = !st.clients.contains_key(&id);
+            let c = st.clients.entry(id.clone()).or_default();
+            if c.session.is_some() {
+                return Err(ChatError::AlreadyOnline(id));
+            }
+            c.session = Some(session_no);
+            let session = Session {
+                server: self.clone(),
+                id: id.clone(),
+                session_no,
+                cursor: after_seq.max(c.acked),
+                notify: c.notify.clone(),
+            };
+            let rx = is_new.then(|| self.queue(Record::Register(id, now_ms())));
+            (session, rx)
+        };
+        if let Some(rx) = rx {
+            self.durable(rx).await?;
+        }
+        tracing::info!(client = %session.id, after = session.cursor, "client online");
+        Ok(session)
+    }
+
+    /// Records that every message up to `up_to_seq` for `raw_id` reached its
+    /// next hop (shown by the client, or confirmed by the broker).
+    pub async fn ack(&self, raw_id: &str, up_to_seq: u64) -> Result<(), ChatError> {
+        let id = ClientId::parse(raw_id)?;
+        let rx = {
+            let mut st = self.lock();
+            let Some(c) = st.clients.get_mut(&id) else {
+                return Err(ChatError::UnknownRecipient(id));
+            };
+            let up_to = up_to_seq.min(c.committed_seq());
+            if up_to <= c.acked {
+                return Ok(());
+            }
+            c.acked = up_to;
+            while c.mailbox.front().is_some_and(|m| m.seq <= up_to) {
+                c.mailbox.pop_front();
+            }
+            self.queue(Record::Ack(id, up_to))
+        };
+        self.durable(rx).await
+    }
+
+    /// Every registered client with its online status, sorted by ID.
+    pub fn list(&self) -> Vec<ClientInfo> {
+        self.lock()
+            .clients
+            .iter()
+            .map(|(id, c)| ClientInfo {
+                id: id.clone(),
+                online: c.session.is_some(),
+            })
+            .collect()
+    }
+
+    /// Every message sent by `raw_id`, oldest first (empty for an unknown ID).
+    pub fn history(&self, raw_id: &str) -> Result<Vec<Arc<Message>>, ChatError> {
+        let id = ClientId::parse(raw_id)?;
+        Ok(self
+            .lock()
+            .clients
+            .get(&id)
+            .map(|c| c.history.clone())
+            .unwrap_or_default())
+    }
+
+    /// Every committed, unacknowledged message, per recipient in seq order.
+    pub fn undelivered(&self) -> Vec<Arc<Message>> {
+        self.lock()
+            .clients
+            .values()
+            .flat_map(|c| c.mailbox.iter().cloned())
+            .collect()
+    }
+
+    /// Refuses new work and ends every session's stream.
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        st.shutting_down = true;
+        for c in st.clients.values() {
+            c.notify.notify_one();
+        }
+    }
+}
+
+/// Makes a durable batch visible: messages enter the sender's history and
+/// the recipient's mailbox, and the recipient's session is woken.
+fn commit(state: &Mutex<State>, records: &[Record]) {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    for record in records {
+        if let Record::Message(m) = record {
+            if let Some(from) = st.clients.get_mut(&m.from) {
+                from.history.push(m.clone());
+            }
+            if let Some(to) = st.clients.get_mut(&m.to) {
+                if m.seq > to.acked {
+                    to.mailbox.push_back(m.clone());
+                }
+                to.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// A client's claim on its ID being online, and the cursor of what has been
+/// handed to it. Dropping it takes the client offline.
+pub struct Session {
+    server: ChatServer,
+    id: ClientId,
+    session_no: u64,
+    cursor: u64,
+    notify: Arc<Notify>,
+}
+
+impl Session {
+    pub fn client_id(&self) -> &ClientId {
+        &self.id
+    }
+
+    /// The next messages for this client, waiting until there are some.
+    /// `None` once the server shuts down.
+    pub async fn next_batch(&mut self) -> Option<Vec<Arc<Message>>> {
+        loop {
+            {
+                let st = self.server.lock();
+                if st.shutting_down {
+                    return None;
+                }
+                let c = st.clients.get(&self.id)?;
+                let start = c.mailbox.front().map_or(0, |first| {
+                    (self.cursor + 1).saturating_sub(first.seq) as usize
+                });
+                if start < c.mailbox.len() {
+                    let batch: Vec<_> = c
+                        .mailbox
+                        .range(start..)
+                        .take(SESSION_BATCH)
+                        .cloned()
+                        .collect();
+                    self.cursor = batch.last().map_or(self.cursor, |m| m.seq);
+                    return Some(batch);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut st = self.server.lock();
+        if let Some(c) = st.clients.get_mut(&self.id) {
+            if c.session == Some(self.session_no) {
+                c.session = None;
+                tracing::info!(client = %self.id, "client offline");
+            }
+        }
+    }
+}
