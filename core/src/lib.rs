@@ -16,6 +16,7 @@ pub mod limits;
 pub mod log_line;
 pub mod message;
 pub mod server;
+pub mod signal;
 pub mod telemetry;
 
 pub use client::{
@@ -26,4 +27,4 @@ pub use error::{ChatError, ErrorCode};
 pub use id::{ClientId, MessageId};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message};
-pub use server::{ChatServer, Session};
+pub use server::{ChatServer, ServerArgs, ServerConfig, Session};

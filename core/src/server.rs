@@ -431,3 +431,34 @@ impl Drop for Session {
         }
     }
 }
+
+/// The server flags both transports share (`--data-dir`, limits, durability).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Directory for log.txt and the state journal (created if missing).
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Largest accepted message text, in bytes.
+    #[arg(long, env = "CHAT_MAX_TEXT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_TEXT_BYTES)]
+    pub max_text_bytes: usize,
+    /// Most undelivered messages kept for one recipient.
+    #[arg(long, env = "CHAT_MAX_PENDING", default_value_t = crate::limits::DEFAULT_MAX_PENDING)]
+    pub max_pending: usize,
+    /// `os`: answer once written to the OS (survives a server crash);
+    /// `fsync`: also flush to disk (survives a machine crash).
+    #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
+    pub durability: Durability,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            data_dir: self.data_dir.clone(),
+            limits: Limits {
+                max_text_bytes: self.max_text_bytes,
+                max_pending: self.max_pending,
+            },
+            durability: self.durability,
+        }
+    }
+}
