@@ -1,1 +1,62 @@
-//! placeholder
+//! chat-amqp: the chat over RabbitMQ (AMQP 0-9-1, lapin).
+//!
+//! An adapter, like the gRPC crate: everything that is *chat* lives in
+//! `chat-core`; this crate only moves `chat.proto` messages through the
+//! broker. `docs/amqp.md` is the wire contract; [`topology`] declares it,
+//! [`server`] runs the chat server behind the `<ns>.server` queue and
+//! [`client`] implements [`chat_core::ChatClient`] on top of it.
+//!
+//! Reliability follows what RabbitMQ documents for no loss: durable queues,
+//! persistent messages, publisher confirms, manual acks after the work is
+//! done, and a prefetch limit. The broker may restart and either side may be
+//! killed; both reconnect by themselves.
+
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod topology;
+
+pub use client::AmqpClient;
+pub use error::AmqpError;
+pub use server::{health, run};
+
+use std::time::Duration;
+
+/// Default broker URL (a local RabbitMQ with its default account and vhost).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Default prefix of every exchange and queue name.
+pub const DEFAULT_NAMESPACE: &str = "chat";
+
+/// How long a client waits for the server's reply to one request. Long
+/// enough to ride out a broker or server restart; a request that times out
+/// may still be processed later (see docs/amqp.md).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the broker is and which set of names to use on it.
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:port/vhost` (vhost URL-encoded: `%2f` is `/`).
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several independent chats
+    /// (or parallel tests) can share one broker.
+    pub namespace: String,
+    /// How long a client request waits for its reply.
+    pub request_timeout: Duration,
+}
+
+impl AmqpConfig {
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: namespace.into(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_AMQP_URL, DEFAULT_NAMESPACE)
+    }
+}

@@ -1,0 +1,70 @@
+//! `amqp-server`: the central chat server over RabbitMQ.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chat_amqp::AmqpConfig;
+use chat_core::{ChatServer, ServerArgs};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "amqp-server",
+    version,
+    about = "chatbench chat server over RabbitMQ"
+)]
+struct Args {
+    /// Broker URL (vhost URL-encoded: %2f is "/").
+    #[arg(long, env = "AMQP_URL", default_value = chat_amqp::DEFAULT_AMQP_URL, global = true)]
+    amqp_url: String,
+    /// Prefix of every exchange and queue name; chats with different
+    /// namespaces share a broker without seeing each other.
+    #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = chat_amqp::DEFAULT_NAMESPACE, global = true)]
+    namespace: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the broker answers and a server consumes the request
+    /// queue (exit 0 if so, 1 otherwise); for container healthchecks.
+    Health,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = AmqpConfig::new(args.amqp_url.clone(), args.namespace.clone());
+    if let Some(Command::Health) = args.command {
+        return match chat_amqp::health(&config).await {
+            Ok(line) => {
+                eprintln!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    chat_core::telemetry::init("info");
+    match serve(config, args.server).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("amqp-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: AmqpConfig, args: ServerArgs) -> anyhow::Result<()> {
+    let chat = args.config();
+    let server = ChatServer::open(chat.clone())
+        .with_context(|| format!("cannot open the data directory {}", chat.data_dir.display()))?;
+    chat_amqp::run(config, server, chat_core::signal::shutdown_signal()).await?;
+    Ok(())
+}

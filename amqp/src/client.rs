@@ -1,0 +1,645 @@
+//! [`AmqpClient`]: the [`ChatClient`] over RabbitMQ.
+//!
+//! One connection with three channels: *publish* (requests, publisher
+//! confirms on), *replies* (an exclusive, server-named reply queue consumed
+//! with auto-ack: a reply is only useful to this connection) and, once
+//! joined, *inbox* (the client's durable queue `<ns>.client.<id>`, consumed
+//! with an **exclusive** consumer and manual acks).
+//!
+//! Online means "consumes its inbox": the exclusive consumer is what makes
+//! a second client with the same ID fail even if it raced past the server's
+//! check at registration, and the broker drops the consumer the moment the
+//! connection dies (kill -9 included), so the server never has stale state.
+//!
+//! Requests are matched to replies by `correlation_id`. Every request in
+//! flight keeps its encoded body until answered: after a reconnection it is
+//! published again with the new reply queue. That is safe because every
+//! request is idempotent (a send carries its client-chosen message ID; the
+//! server answers a repeated ID with the same message).
+//!
+//! A *manager* task owns the connection: when it breaks it reports
+//! `Reconnecting`, reconnects with backoff, re-declares, re-consumes the
+//! inbox, re-publishes pending requests and reports `Connected`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chat_core::backoff::Backoff;
+use chat_core::client::{AckStream, incoming_channel};
+use chat_core::{
+    Accepted, AckToken, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Incoming,
+    IncomingSink, Message, MessageId,
+};
+use chat_proto::v1 as pb;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ErrorKind};
+use prost::Message as _;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::AmqpConfig;
+use crate::error::{AmqpError, rejected};
+use crate::server::{connection_properties, redact};
+use crate::topology::{self, Names};
+
+/// How long one broker connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A chat client on the broker. Cheap to clone; the connection closes when
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct AmqpClient {
+    shared: Arc<Shared>,
+    _life: Arc<Life>,
+}
+
+impl std::fmt::Debug for AmqpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpClient")
+            .field("id", &self.shared.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Dropped with the last clone: tells the manager to close the connection.
+struct Life {
+    _stop: watch::Sender<()>,
+}
+
+struct Shared {
+    config: AmqpConfig,
+    names: Names,
+    id: ClientId,
+    /// The current connection; `None` while reconnecting.
+    link: watch::Sender<Option<Arc<Link>>>,
+    /// Requests waiting for their reply, by correlation ID.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Set by `join`: where incoming messages go, across reconnections.
+    joined: Mutex<Option<Joined>>,
+    next_generation: AtomicU64,
+}
+
+struct Pending {
+    body: Vec<u8>,
+    reply: oneshot::Sender<pb::Reply>,
+}
+
+/// The adapter's ends of [`Incoming`]; each is `None` once the consumer
+/// closed it and every acknowledgement was carried.
+#[derive(Clone)]
+struct Joined {
+    sink: Arc<tokio::sync::Mutex<Option<IncomingSink>>>,
+    acks: Arc<tokio::sync::Mutex<Option<AckStream>>>,
+}
+
+impl Joined {
+    async fn state(&self, state: ConnectionState) {
+        if let Some(sink) = &*self.sink.lock().await {
+            sink.state(state).await;
+        }
+    }
+}
+
+/// One broker connection and what hangs off it.
+struct Link {
+    conn: Connection,
+    publish: Channel,
+    reply_queue: ShortString,
+    generation: u64,
+    /// Set when anything on this connection fails.
+    broken: watch::Sender<Option<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Link {
+    fn trigger(&self, reason: impl std::fmt::Display) {
+        self.broken.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(reason.to_string());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    async fn wait_broken(&self) -> String {
+        let mut rx = self.broken.subscribe();
+        let r = rx.wait_for(|v| v.is_some()).await;
+        r.ok()
+            .and_then(|v| v.clone())
+            .unwrap_or_else(|| "closed".into())
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(task));
+    }
+
+    async fn close(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        let _ = self.conn.close(200, "amqp-client closing".into()).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn unavailable(&self, reason: impl std::fmt::Display) -> ClientError {
+        ClientError::Unavailable {
+            endpoint: redact(&self.config.url),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn joined(&self) -> Option<Joined> {
+        lock(&self.joined).clone()
+    }
+
+    /// Opens a connection: publish channel with confirms, the request queue
+    /// (so requests wait even if no server ever ran) and the reply queue.
+    async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, AmqpError> {
+        let name = format!("amqp-client {}", self.id);
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&self.config.url, connection_properties(&name)),
+        )
+        .await
+        .map_err(|_| AmqpError::Unhealthy(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare_server_queue(&publish, &self.names).await?;
+        let replies = conn.create_channel().await?;
+        let queue = replies
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = replies
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let link = Arc::new(Link {
+            conn,
+            publish,
+            reply_queue: queue.name().clone(),
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed) + 1,
+            broken: watch::channel(None).0,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let (me, l) = (self.clone(), link.clone());
+        link.spawn(async move {
+            // Replies; the stream ends when the connection does.
+            while let Some(next) = consumer.next().await {
+                match next {
+                    Ok(d) => me.on_reply(d),
+                    Err(e) => {
+                        l.trigger(e);
+                        return;
+                    }
+                }
+            }
+            l.trigger("the reply consumer was cancelled");
+        });
+        Ok(link)
+    }
+
+    fn on_reply(&self, d: lapin::message::Delivery) {
+        let Some(corr) = d.properties.correlation_id() else {
+            tracing::warn!("reply without correlation_id ignored");
+            return;
+        };
+        let Some(p) = lock(&self.pending).remove(corr.as_str()) else {
+            // A repeat (the request was published again) or a late answer.
+            tracing::debug!(correlation_id = corr.as_str(), "unmatched reply ignored");
+            return;
+        };
+        match pb::Reply::decode(d.data.as_slice()) {
+            Ok(reply) => {
+                let _ = p.reply.send(reply);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable reply ignored");
+            }
+        }
+    }
+
+    async fn publish_request(&self, link: &Link, correlation_id: &str, body: &[u8]) {
+        let sent = link
+            .publish
+            .basic_publish(
+                "".into(),
+                self.names.server_queue().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                topology::request_properties(link.reply_queue.as_str(), correlation_id),
+            )
+            .await;
+        match sent {
+            Ok(confirm) => match confirm.await {
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
+                Ok(other) => {
+                    tracing::warn!(?other, "the broker did not store a request");
+                }
+                Err(e) => link.trigger(e),
+            },
+            // The manager publishes it again on the next connection.
+            Err(e) => link.trigger(e),
+        }
+    }
+
+    async fn request(&self, body: pb::request::Body) -> Result<pb::reply::Body, ClientError> {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let bytes = pb::Request { body: Some(body) }.encode_to_vec();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            correlation_id.clone(),
+            Pending {
+                body: bytes.clone(),
+                reply: tx,
+            },
+        );
+        let link = self.link.borrow().clone();
+        if let Some(link) = link {
+            self.publish_request(&link, &correlation_id, &bytes).await;
+        }
+        let answer = tokio::time::timeout(self.config.request_timeout, rx).await;
+        lock(&self.pending).remove(&correlation_id);
+        match answer {
+            Ok(Ok(reply)) => match reply.body {
+                Some(pb::reply::Body::Error(e)) => Err(rejected(e)),
+                Some(body) => Ok(body),
+                None => Err(ClientError::Protocol("empty reply".into())),
+            },
+            Ok(Err(_)) => Err(ClientError::Protocol("client closed".into())),
+            Err(_) if self.link.borrow().is_none() => {
+                Err(self.unavailable("the broker is unreachable (still retrying)"))
+            }
+            Err(_) => Err(ClientError::Timeout(self.config.request_timeout)),
+        }
+    }
+
+    /// Starts consuming the inbox on `link` (and says `Connected` if
+    /// `announce`: after a reconnection). `Err(None)`: the ID is online
+    /// elsewhere; `Err(Some(e))`: a broker failure.
+    async fn open_inbox(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        joined: Joined,
+        announce: bool,
+    ) -> Result<(), Option<AmqpError>> {
+        let setup = async {
+            let ch = link.conn.create_channel().await?;
+            ch.basic_qos(topology::CLIENT_PREFETCH, BasicQosOptions::default())
+                .await?;
+            topology::declare_deliver_exchange(&ch, &self.names).await?;
+            topology::declare_client_queue(&ch, &self.names, &self.id).await?;
+            let consumer = ch
+                .basic_consume(
+                    self.names.client_queue(&self.id).into(),
+                    self.id.as_str().into(),
+                    BasicConsumeOptions {
+                        exclusive: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, AmqpError>((ch, consumer))
+        };
+        let (ch, mut consumer) = match setup.await {
+            Ok(x) => x,
+            Err(AmqpError::Broker(e)) if taken(&e) => return Err(None),
+            Err(e) => return Err(Some(e)),
+        };
+        if announce {
+            // Said before the task below takes the sink for itself.
+            joined.state(ConnectionState::Connected).await;
+        }
+        let me = self.clone();
+        let l = link.clone();
+        link.spawn(async move {
+            if let Err(e) = me.run_inbox(&l, &ch, &mut consumer, joined).await {
+                l.trigger(e);
+            }
+        });
+        Ok(())
+    }
+
+    /// Moves inbox deliveries to the sink and acknowledgements back to the
+    /// broker, until the connection breaks or the consumer closes `Incoming`.
+    async fn run_inbox(
+        &self,
+        link: &Link,
+        ch: &Channel,
+        consumer: &mut lapin::Consumer,
+        joined: Joined,
+    ) -> Result<(), lapin::Error> {
+        let mut sink_slot = joined.sink.lock().await;
+        let mut acks_slot = joined.acks.lock().await;
+        let (Some(sink), Some(acks)) = (sink_slot.as_mut(), acks_slot.as_mut()) else {
+            return Ok(());
+        };
+        loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(d)) => match decode_message(&d) {
+                        Ok(m) => {
+                            if !sink.deliver(m, d.delivery_tag, link.generation).await {
+                                break;
+                            }
+                        }
+                        Err(why) => {
+                            tracing::warn!("dropping a malformed message from the inbox: {why}");
+                            d.acker.ack(BasicAckOptions::default()).await?;
+                        }
+                    },
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        link.trigger("the broker cancelled the inbox consumer");
+                        return Ok(());
+                    }
+                },
+                Some(token) = acks.recv() => self.carry_ack(link, ch, token).await?,
+                () = sink.closed() => break,
+            }
+        }
+        // The consumer is gone: stop taking messages, then carry the last
+        // acknowledgements so `Incoming::close` knows they reached the broker.
+        ch.basic_cancel(self.id.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        lock(&self.joined).take();
+        *sink_slot = None;
+        if let Some(acks) = acks_slot.as_mut() {
+            while let Some(token) = acks.recv().await {
+                self.carry_ack(link, ch, token).await?;
+            }
+        }
+        *acks_slot = None;
+        Ok(())
+    }
+
+    async fn carry_ack(
+        &self,
+        link: &Link,
+        ch: &Channel,
+        token: AckToken,
+    ) -> Result<(), lapin::Error> {
+        // A tag from an older connection means nothing here; the broker
+        // redelivers that message and the sink acknowledges the repeat.
+        if token.generation == link.generation {
+            ch.basic_ack(token.tag, BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the connection up until the client is dropped.
+    async fn manage(self: Arc<Self>, mut link: Arc<Link>, mut stop: watch::Receiver<()>) {
+        let mut backoff = Backoff::new();
+        loop {
+            let reason = tokio::select! {
+                _ = stop.changed() => break,
+                r = link.wait_broken() => r,
+            };
+            tracing::warn!("lost the broker connection: {reason}; reconnecting");
+            self.link.send_replace(None);
+            link.close().await;
+            let joined = self.joined();
+            if let Some(j) = &joined {
+                j.state(ConnectionState::Reconnecting {
+                    reason: reason.clone(),
+                })
+                .await;
+            }
+            link = loop {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match self.open_link().await {
+                    Ok(l) => break l,
+                    Err(e) => tracing::warn!(
+                        "cannot reach the broker at {}: {e}; retrying",
+                        redact(&self.config.url)
+                    ),
+                }
+            };
+            if let Some(j) = self.joined() {
+                match self.open_inbox(&link, j.clone(), true).await {
+                    Ok(()) => {}
+                    Err(None) => {
+                        let reason = format!("client {} is online elsewhere now", self.id);
+                        tracing::warn!("{reason}");
+                        lock(&self.joined).take();
+                        j.state(ConnectionState::Closed { reason }).await;
+                        // Ends the stream.
+                        *j.sink.lock().await = None;
+                    }
+                    Err(Some(e)) => {
+                        link.trigger(e);
+                        continue;
+                    }
+                }
+            }
+            backoff.reset();
+            self.link.send_replace(Some(link.clone()));
+            let again: Vec<(String, Vec<u8>)> = lock(&self.pending)
+                .iter()
+                .map(|(c, p)| (c.clone(), p.body.clone()))
+                .collect();
+            if !again.is_empty() {
+                tracing::info!(
+                    requests = again.len(),
+                    "publishing unanswered requests again"
+                );
+            }
+            for (corr, body) in again {
+                self.publish_request(&link, &corr, &body).await;
+            }
+        }
+        link.close().await;
+    }
+}
+
+/// The broker refused the exclusive consumer: someone else consumes the inbox.
+fn taken(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::RESOURCELOCKED)))
+}
+
+fn decode_message(d: &lapin::message::Delivery) -> Result<Message, String> {
+    let m = pb::ChatMessage::decode(d.data.as_slice()).map_err(|e| e.to_string())?;
+    Message::from_proto(m).map_err(|e| e.to_string())
+}
+
+fn unexpected(body: pb::reply::Body) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {body:?}"))
+}
+
+impl ChatClient for AmqpClient {
+    type Config = AmqpConfig;
+
+    async fn connect(config: &AmqpConfig, id: ClientId) -> Result<Self, ClientError> {
+        let names =
+            Names::new(&config.namespace).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            names,
+            id,
+            link: watch::channel(None).0,
+            pending: Mutex::new(HashMap::new()),
+            joined: Mutex::new(None),
+            next_generation: AtomicU64::new(0),
+        });
+        let link = shared
+            .open_link()
+            .await
+            .map_err(|e| shared.unavailable(e))?;
+        shared.link.send_replace(Some(link.clone()));
+        let (stop, stop_rx) = watch::channel(());
+        tokio::spawn(shared.clone().manage(link, stop_rx));
+        Ok(Self {
+            shared,
+            _life: Arc::new(Life { _stop: stop }),
+        })
+    }
+
+    fn id(&self) -> &ClientId {
+        &self.shared.id
+    }
+
+    async fn join(&self) -> Result<Incoming, ClientError> {
+        let s = &self.shared;
+        if s.joined().is_some() {
+            return Err(ClientError::Protocol("joined already".into()));
+        }
+        let reply = s
+            .request(pb::request::Body::Register(pb::RegisterRequest {
+                client_id: s.id.to_string(),
+            }))
+            .await?;
+        if !matches!(reply, pb::reply::Body::Register(_)) {
+            return Err(unexpected(reply));
+        }
+        let (sink, incoming, acks) = incoming_channel();
+        let joined = Joined {
+            sink: Arc::new(tokio::sync::Mutex::new(Some(sink))),
+            acks: Arc::new(tokio::sync::Mutex::new(Some(acks))),
+        };
+        let mut links = s.link.subscribe();
+        let link = links
+            .wait_for(|l| l.is_some())
+            .await
+            .ok()
+            .and_then(|l| l.clone())
+            .ok_or_else(|| s.unavailable("client closed"))?;
+        // Published before the consumer starts, so that a reconnection
+        // racing with this join re-opens the inbox too.
+        *lock(&s.joined) = Some(joined.clone());
+        match s.open_inbox(&link, joined.clone(), false).await {
+            Ok(()) => Ok(incoming),
+            Err(None) => {
+                lock(&s.joined).take();
+                Err(chat_core::ChatError::AlreadyOnline(s.id.clone()).into())
+            }
+            Err(Some(e)) => {
+                lock(&s.joined).take();
+                link.trigger(&e);
+                Err(s.unavailable(e))
+            }
+        }
+    }
+
+    async fn send(&self, to: &ClientId, text: &str) -> Result<Accepted, ClientError> {
+        let reply = self
+            .shared
+            .request(pb::request::Body::Send(pb::SendRequest {
+                id: MessageId::generate().to_string(),
+                from: self.shared.id.to_string(),
+                to: to.to_string(),
+                text: text.to_owned(),
+            }))
+            .await?;
+        match reply {
+            pb::reply::Body::Send(r) => Ok(Accepted {
+                id: MessageId::parse_or_generate(&r.id)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                timestamp_ms: r.timestamp_ms,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_clients(&self) -> Result<Vec<ClientInfo>, ClientError> {
+        match self
+            .shared
+            .request(pb::request::Body::ListClients(pb::ListClientsRequest {}))
+            .await?
+        {
+            pb::reply::Body::ListClients(r) => r
+                .clients
+                .into_iter()
+                .map(|c| {
+                    ClientInfo::from_proto(c).map_err(|e| ClientError::Protocol(e.to_string()))
+                })
+                .collect(),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn history(&self) -> Result<Vec<Message>, ClientError> {
+        match self
+            .shared
+            .request(pb::request::Body::History(pb::HistoryRequest {
+                client_id: self.shared.id.to_string(),
+            }))
+            .await?
+        {
+            pb::reply::Body::History(r) => r
+                .messages
+                .into_iter()
+                .map(|m| Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string())))
+                .collect(),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The crate's error type, and the one place where domain errors become
+//! `Reply { error }` messages (server side) and where those become
+//! [`ClientError`]s again (client side).
+
+use chat_core::{ChatError, ClientError, ErrorCode};
+use chat_proto::v1 as pb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The broker refused or dropped something (connection, channel, declare).
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The chat itself failed (storage, validation).
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// A name prefix that cannot be part of queue names.
+    #[error("invalid namespace {0:?}: use 1-64 characters of A-Z, a-z, 0-9, '_', '-' or '.'")]
+    InvalidNamespace(String),
+    /// The broker answered, but the chat server is not there.
+    #[error("{0}")]
+    Unhealthy(String),
+}
+
+/// The `Reply` that tells a client why its request was refused.
+pub fn error_reply(e: &ChatError) -> pb::Reply {
+    error_reply_with(e.code(), e.to_string())
+}
+
+pub(crate) fn error_reply_with(code: ErrorCode, message: String) -> pb::Reply {
+    pb::Reply {
+        body: Some(pb::reply::Body::Error(pb::Error {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+/// The client's view of an `Error` reply.
+pub fn rejected(e: pb::Error) -> ClientError {
+    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+    ClientError::Rejected {
+        code,
+        message: e.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_error_survives_the_round_trip() {
+        let e = ChatError::EmptyText;
+        let Some(pb::reply::Body::Error(body)) = error_reply(&e).body else {
+            panic!("not an error reply");
+        };
+        match rejected(body) {
+            ClientError::Rejected { code, message } => {
+                assert_eq!(code, ErrorCode::InvalidArgument);
+                assert_eq!(message, "message text is empty");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The chat server behind the `<ns>.server` queue.
+//!
+//! [`ChatServer`] (chat-core) does the chat: validation, `log.txt`, the
+//! journal, per-recipient sequence numbers. This module moves its input and
+//! output through the broker, in the order that loses nothing:
+//!
+//! 1. a `Send` request arrives (unacknowledged) on `<ns>.server`;
+//! 2. `ChatServer::send` logs it durably and gives it the recipient's next
+//!    `seq`; the sender gets its `SendReply` now ("accepted");
+//! 3. the *forwarder* publishes it, persistent and `mandatory`, to the
+//!    recipient's durable queue and waits for the publisher confirm;
+//! 4. only then does it record `ChatServer::ack(recipient, seq)` (the next
+//!    hop has it) and `basic_ack` the request.
+//!
+//! A crash anywhere in between leaves either the request in `<ns>.server`
+//! (the broker redelivers it; `ChatServer::send` recognises the message ID
+//! and returns the same message) or the message in the recipient's mailbox
+//! (re-published by the forwarder when the server comes back). Repeats that
+//! this may cause reach the recipient with a `seq` it has seen, and it drops
+//! them.
+//!
+//! The forwarder publishes from the mailboxes, in `seq` order per recipient,
+//! rather than from each request handler: handlers finish in any order, but
+//! a recipient must see seq 4 before seq 5 (it drops anything at or below
+//! the last seq it showed), and the cumulative `ack` must never pass an
+//! unconfirmed message.
+//!
+//! Any broker error ends the connection's *generation*: everything is torn
+//! down and rebuilt on a new connection (redeclare, reconsume, republish).
+//! Unacknowledged requests go back to the queue by the broker's own rules.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chat_core::backoff::Backoff;
+use chat_core::{ChatError, ChatServer, ClientId, ClientInfo};
+use chat_proto::v1 as pb;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use prost::Message as _;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::AmqpConfig;
+use crate::error::{AmqpError, error_reply};
+use crate::topology::{self, Names};
+
+/// Consumer tag of the server on its request queue.
+const CONSUMER_TAG: &str = "amqp-server";
+/// How long a broker connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, how long in-flight requests get to finish (the rest go
+/// back to the queue and are handled after a restart).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most messages the forwarder publishes before it waits for their confirms.
+const FORWARD_BATCH: usize = 1024;
+/// How many `list` queue look-ups run at once.
+const LIST_CONCURRENCY: usize = 16;
+
+/// Serves the chat on the broker at `config.url` until `shutdown` resolves.
+///
+/// Waits for the broker at start and after losing it, retrying with backoff
+/// and saying so in the log. Returns `Err` only for a bad configuration.
+pub async fn run(
+    config: AmqpConfig,
+    server: ChatServer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AmqpError> {
+    let names = Names::new(&config.namespace)?;
+    let url = redact(&config.url);
+    let mut shutdown = pin!(shutdown.fuse());
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&config.url, connection_properties("amqp-server")),
+        );
+        let conn = tokio::select! {
+            () = &mut shutdown => break,
+            r = attempt => r,
+        };
+        let conn = match conn {
+            Ok(Ok(conn)) => conn,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
+                };
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    "waiting for the broker at {url}: {why}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        tracing::info!(broker = %url, namespace = names.namespace(), "connected to the broker");
+        let outcome = serve(&conn, &server, &names, &mut shutdown).await;
+        let _ = conn.close(200, "amqp-server closing".into()).await;
+        match outcome {
+            Outcome::Shutdown => break,
+            Outcome::Lost(reason) => {
+                tracing::warn!("lost the broker connection: {reason}; reconnecting");
+                backoff.reset();
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    server.shutdown();
+    tracing::info!("amqp-server stopped");
+    Ok(())
+}
+
+/// A healthcheck: the broker answers and some server consumes `<ns>.server`.
+/// Returns the one line to print.
+pub async fn health(config: &AmqpConfig) -> Result<String, AmqpError> {
+    let names = Names::new(&config.namespace)?;
+    let conn = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(&config.url, connection_properties("amqp-server health")),
+    )
+    .await
+    .map_err(|_| {
+        AmqpError::Unhealthy(format!("broker at {} did not answer", redact(&config.url)))
+    })??;
+    let ch = conn.create_channel().await?;
+    let result = match topology::inspect_server_queue(&ch, &names).await {
+        Ok(q) if q.consumer_count() > 0 => Ok(format!(
+            "ok: {} has {} consumer(s), {} message(s) waiting",
+            names.server_queue(),
+            q.consumer_count(),
+            q.message_count()
+        )),
+        Ok(_) => Err(AmqpError::Unhealthy(format!(
+            "no amqp-server is consuming {}",
+            names.server_queue()
+        ))),
+        Err(_) => Err(AmqpError::Unhealthy(format!(
+            "queue {} does not exist: no amqp-server has run on this broker",
+            names.server_queue()
+        ))),
+    };
+    let _ = conn.close(200, "health check done".into()).await;
+    result
+}
+
+pub(crate) fn connection_properties(name: &str) -> ConnectionProperties {
+    ConnectionProperties::default().with_connection_name(name.into())
+}
+
+/// The URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+enum Outcome {
+    Shutdown,
+    Lost(String),
+}
+
+/// Set once by whoever first sees the connection fail; ends the generation.
+#[derive(Clone)]
+struct Broken(Arc<watch::Sender<Option<String>>>);
+
+impl Broken {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(None).0))
+    }
+
+    fn trigger(&self, reason: impl std::fmt::Display) {
+        self.0.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(reason.to_string());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    async fn wait(&self) -> String {
+        let mut rx = self.0.subscribe();
+        let r = rx.wait_for(|v| v.is_some()).await;
+        r.ok()
+            .and_then(|v| v.clone())
+            .unwrap_or_else(|| "closed".into())
+    }
+}
+
+/// Everything that lives as long as one broker connection.
+struct Generation {
+    server: ChatServer,
+    names: Names,
+    /// Publishes replies and chat messages; publisher confirms are on.
+    publish: Channel,
+    /// Declarations and queue look-ups (consumer counts).
+    admin: Channel,
+    /// Client queues declared on this connection (declared again on the next).
+    declared: Mutex<HashSet<ClientId>>,
+    forwarder: ForwardQueue,
+    broken: Broken,
+}
+
+impl Generation {
+    fn declared(&self) -> MutexGuard<'_, HashSet<ClientId>> {
+        self.declared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn ensure_client_queue(&self, id: &ClientId) -> Result<(), AmqpError> {
+        if !self.declared().contains(id) {
+            topology::declare_client_queue(&self.admin, &self.names, id).await?;
+            self.declared().insert(id.clone());
+        }
+        Ok(())
+    }
+
+    /// Answers a request, if it said where to.
+    async fn reply(&self, to: &Request, body: pb::Reply) {
+        let Some(reply_to) = &to.reply_to else {
+            return;
+        };
+        let sent = self
+            .publish
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                &body.encode_to_vec(),
+                topology::reply_properties(to.correlation_id.as_ref()),
+            )
+            .await;
+        // The confirm is not awaited: a reply is not worth a round trip, and a
+        // lost one is covered by the client's timeout and retry.
+        if let Err(e) = sent {
+            self.broken.trigger(e);
+        }
+    }
+}
+
+/// The parts of a request delivery a handler needs besides its body.
+struct Request {
+    delivery: Delivery,
+    reply_to: Option<ShortString>,
+    correlation_id: Option<ShortString>,
+}
+
+impl Request {
+    async fn ack(&self, generation: &Generation) {
+        if let Err(e) = self.delivery.acker.ack(BasicAckOptions::default()).await {
+            generation.broken.trigger(e);
+        }
+    }
+}
+
+async fn serve(
+    conn: &Connection,
+    server: &ChatServer,
+    names: &Names,
+    shutdown: &mut (impl Future<Output = ()> + Unpin + futures::future::FusedFuture),
+) -> Outcome {
+    let setup = async {
+        let consume = conn.create_channel().await?;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let admin = conn.create_channel().await?;
+        topology::declare_server_side(&admin, names).await?;
+        consume
+            .basic_qos(topology::SERVER_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let consumer = consume
+            .basic_consume(
+                names.server_queue().into(),
+                CONSUMER_TAG.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, AmqpError>((consume, publish, admin, consumer))
+    };
+    let (consume, publish, admin, mut consumer) = match setup.await {
+        Ok(parts) => parts,
+        Err(e) => return Outcome::Lost(e.to_string()),
+    };
+    let generation = Arc::new(Generation {
+        server: server.clone(),
+        names: names.clone(),
+        publish,
+        admin,
+        declared: Mutex::new(HashSet::new()),
+        forwarder: ForwardQueue::default(),
+        broken: Broken::new(),
+    });
+    let mut tasks = JoinSet::new();
+    let forwarder = tokio::spawn(forward(generation.clone()));
+    // Whatever was accepted but never confirmed (by the previous process or
+    // connection) goes out first.
+    generation.forwarder.notify.notify_one();
+    tracing::info!(
+        queue = %names.server_queue(),
+        undelivered = server.undelivered().len(),
+        "serving requests"
+    );
+
+    let outcome = loop {
+        tokio::select! {
+            () = &mut *shutdown => {
+                let _ = consume.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await;
+                let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                    while tasks.join_next().await.is_some() {}
+                }).await;
+                if drained.is_err() {
+                    tracing::warn!(left = tasks.len(), "shutting down with requests in flight; the broker will redeliver them");
+                }
+                break Outcome::Shutdown;
+            }
+            reason = generation.broken.wait() => break Outcome::Lost(reason),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => dispatch(&generation, delivery, &mut tasks),
+                Some(Err(e)) => break Outcome::Lost(e.to_string()),
+                None => break Outcome::Lost("the broker cancelled the request consumer".into()),
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    };
+    tasks.abort_all();
+    forwarder.abort();
+    outcome
+}
+
+/// Why a request cannot be handled at all (it is dead-lettered).
+fn decode(delivery: &Delivery) -> Result<pb::request::Body, String> {
+    if let Some(kind) = delivery.properties.kind() {
+        if kind.as_str() != topology::TYPE_REQUEST {
+            return Err(format!(
+                "unexpected message type {:?} (expected {:?})",
+                kind.as_str(),
+                topology::TYPE_REQUEST
+            ));
+        }
+    }
+    let request = pb::Request::decode(delivery.data.as_slice())
+        .map_err(|e| format!("body is not a chat.v1.Request: {e}"))?;
+    request
+        .body
+        .ok_or_else(|| "request has no body (register, send, list_clients or history)".into())
+}
+
+fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSet<()>) {
+    let body = decode(&delivery);
+    let request = Request {
+        reply_to: delivery.properties.reply_to().clone(),
+        correlation_id: delivery.properties.correlation_id().clone(),
+        delivery,
+    };
+    let g = generation.clone();
+    match body {
+        Err(why) => {
+            tracing::warn!(
+                bytes = request.delivery.data.len(),
+                reply_to = ?request.reply_to,
+                "rejecting a malformed request: {why}"
+            );
+            tasks.spawn(async move {
+                let reply = error_reply(&ChatError::Malformed(why));
+                g.reply(&request, reply).await;
+                // Not requeued: it goes to <ns>.dead and can never loop.
+                let rejected = request
+                    .delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                if let Err(e) = rejected {
+                    g.broken.trigger(e);
+                }
+            });
+        }
+        Ok(pb::request::Body::Send(send)) => {
+            // Polled once here, in delivery order: `ChatServer::send` assigns
+            // the recipient's seq before its first await, so messages from
+            // one sender keep the order in which they were queued.
+            let server = g.server.clone();
+            let mut accepted = Box::pin(async move { server.send(send).await });
+            let early = (&mut accepted).now_or_never();
+            tasks.spawn(async move {
+                let result = match early {
+                    Some(r) => r,
+                    None => accepted.await,
+                };
+                finish_send(&g, request, result).await;
+            });
+        }
+        Ok(other) => {
+            tasks.spawn(async move {
+                let result = match other {
+                    pb::request::Body::Register(r) => register(&g, &r.client_id).await,
+                    pb::request::Body::ListClients(_) => list(&g).await,
+                    pb::request::Body::History(h) => history(&g, &h.client_id),
+                    pb::request::Body::Send(_) => unreachable!("handled above"),
+                };
+                match result {
+                    Ok(body) => {
+                        g.reply(&request, pb::Reply { body: Some(body) }).await;
+                        request.ack(&g).await;
+                    }
+                    Err(AmqpError::Chat(ChatError::ShuttingDown)) => {}
+                    Err(AmqpError::Chat(e)) => {
+                        g.reply(&request, error_reply(&e)).await;
+                        request.ack(&g).await;
+                    }
+                    Err(e) => g.broken.trigger(e),
+                }
+            });
+        }
+    }
+}
+
+async fn finish_send(
+    g: &Generation,
+    request: Request,
+    result: Result<Arc<chat_core::Message>, ChatError>,
+) {
+    match result {
+        Ok(message) => {
+            let forwarded = g.forwarder.track(&message);
+            let reply = pb::reply::Body::Send(pb::SendReply {
+                id: message.id.to_string(),
+                timestamp_ms: message.timestamp_ms,
+            });
+            g.reply(&request, pb::Reply { body: Some(reply) }).await;
+            // The request stays unacknowledged until the recipient's queue
+            // has the message; if this generation ends first, the broker
+            // redelivers the request and the dedupe by ID takes over.
+            if forwarded.await.is_ok() {
+                request.ack(g).await;
+            }
+        }
+        // Left unacknowledged: handled again after the restart.
+        Err(ChatError::ShuttingDown) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "send refused");
+            g.reply(&request, error_reply(&e)).await;
+            request.ack(g).await;
+        }
+    }
+}
+
+async fn register(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
+    let id = ClientId::parse(raw_id)?;
+    let queue = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
+    g.declared().insert(id.clone());
+    if queue.consumer_count() > 0 {
+        return Err(ChatError::AlreadyOnline(id).into());
+    }
+    let created = g.server.register(id.as_str()).await?;
+    tracing::info!(client = %id, created, "client registered");
+    Ok(pb::reply::Body::Register(pb::RegisterReply {
+        client_id: id.to_string(),
+        created,
+    }))
+}
+
+/// Registered clients; online = someone consumes the client's queue.
+async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
+    let clients: Vec<ClientInfo> = futures::stream::iter(g.server.list())
+        .map(|c| async move {
+            let q = topology::declare_client_queue(&g.admin, &g.names, &c.id).await?;
+            Ok::<_, AmqpError>(ClientInfo {
+                id: c.id,
+                online: q.consumer_count() > 0,
+            })
+        })
+        .buffered(LIST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(pb::reply::Body::ListClients(pb::ListClientsReply {
+        clients: clients.iter().map(ClientInfo::to_proto).collect(),
+    }))
+}
+
+fn history(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
+    let messages = g.server.history(raw_id)?;
+    Ok(pb::reply::Body::History(pb::HistoryReply {
+        messages: messages.iter().map(|m| m.to_proto()).collect(),
+    }))
+}
+
+/// Handlers waiting for "your message reached its recipient's queue".
+#[derive(Default)]
+struct ForwardQueue {
+    notify: Notify,
+    waiters: Mutex<Vec<Waiter>>,
+}
+
+struct Waiter {
+    to: ClientId,
+    seq: u64,
+    done: oneshot::Sender<()>,
+}
+
+impl ForwardQueue {
+    /// Wakes the forwarder for a newly accepted message and returns what
+    /// resolves once it is confirmed (or was already).
+    fn track(&self, m: &chat_core::Message) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Waiter {
+                to: m.to.clone(),
+                seq: m.seq,
+                done,
+            });
+        self.notify.notify_one();
+        rx
+    }
+}
+
+/// Publishes every undelivered message, per recipient in seq order, waits
+/// for the confirms and moves the recipients' cursors. Runs for one
+/// generation; any broker error ends it.
+async fn forward(g: Arc<Generation>) {
+    if let Err(e) = forward_loop(&g).await {
+        g.broken.trigger(e);
+    }
+}
+
+async fn forward_loop(g: &Generation) -> Result<(), AmqpError> {
+    // Highest seq published on this connection, per recipient.
+    let mut published: HashMap<ClientId, u64> = HashMap::new();
+    let mut retry = Backoff::new();
+    loop {
+        g.forwarder.notify.notified().await;
+        // Waiters are taken before the snapshot: a message whose handler
+        // registered here was committed before it, so the snapshot shows
+        // whether it is still undelivered.
+        let waiters = std::mem::take(
+            &mut *g
+                .forwarder
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let undelivered = g.server.undelivered();
+        let pending: HashSet<(ClientId, u64)> =
+            undelivered.iter().map(|m| (m.to.clone(), m.seq)).collect();
+
+        let mut inflight = Vec::new();
+        let mut more = false;
+        for m in undelivered {
+            if published.get(&m.to).is_some_and(|&s| m.seq <= s) {
+                continue;
+            }
+            if inflight.len() >= FORWARD_BATCH {
+                more = true;
+                break;
+            }
+            g.ensure_client_queue(&m.to).await?;
+            let confirm = g
+                .publish
+                .basic_publish(
+                    g.names.deliver_exchange().into(),
+                    m.to.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &m.to_proto().encode_to_vec(),
+                    topology::message_properties(&m.id.to_string(), m.timestamp_ms),
+                )
+                .await?;
+            published.insert(m.to.clone(), m.seq);
+            inflight.push((m, confirm));
+        }
+
+        let mut failed: HashSet<ClientId> = HashSet::new();
+        for (m, confirm) in inflight {
+            if failed.contains(&m.to) {
+                continue;
+            }
+            let why = match confirm.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => None,
+                Confirmation::Ack(Some(returned)) => Some(format!(
+                    "returned by the broker: {}",
+                    returned.reply_text.as_str()
+                )),
+                Confirmation::Nack(_) => Some("refused (nack) by the broker".to_owned()),
+            };
+            match why {
+                None => {
+                    if let Err(e) = g.server.ack(m.to.as_str(), m.seq).await {
+                        tracing::error!(error = %e, "cannot record a delivery");
+                    }
+                }
+                Some(why) => {
+                    tracing::warn!(to = %m.to, seq = m.seq, "message not stored by the broker ({why}); will publish it again");
+                    // Publish again from this one on, after re-declaring the queue.
+                    published.insert(m.to.clone(), m.seq - 1);
+                    g.declared().remove(&m.to);
+                    failed.insert(m.to.clone());
+                }
+            }
+        }
+
+        let mut still_waiting = Vec::new();
+        for w in waiters {
+            // Every publish of this round was confirmed or rolled back, so
+            // `published` only covers messages the broker has stored.
+            let done = !pending.contains(&(w.to.clone(), w.seq))
+                || published.get(&w.to).is_some_and(|&s| w.seq <= s);
+            if done {
+                let _ = w.done.send(());
+            } else {
+                still_waiting.push(w);
+            }
+        }
+        if !still_waiting.is_empty() {
+            g.forwarder
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(still_waiting);
+        }
+        if !failed.is_empty() {
+            retry.wait().await;
+            g.forwarder.notify.notify_one();
+        } else {
+            retry.reset();
+            if more {
+                g.forwarder.notify.notify_one();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
+    }
+}
