@@ -178,7 +178,7 @@ impl Shared {
     /// Opens a connection: publish channel with confirms, the request queue
     /// (so requests wait even if no server ever ran) and the reply queue.
     async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, AmqpError> {
-        let name = format!("amqp-client {}", self.id);
+        let name = format!("amqp-client {}/{}", self.names.namespace(), self.id);
         let conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
             Connection::connect(&self.config.url, connection_properties(&name)),

@@ -82,7 +82,10 @@ pub async fn run(
     loop {
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(&config.url, connection_properties("amqp-server")),
+            Connection::connect(
+                &config.url,
+                connection_properties(&format!("amqp-server {}", names.namespace())),
+            ),
         );
         let conn = tokio::select! {
             () = &mut shutdown => break,

@@ -1,0 +1,319 @@
+//! Test fixtures: a private namespace on the shared broker (deleted on drop,
+//! even when the test fails), an in-process server, the real `amqp-server`
+//! binary, and a TCP proxy that can cut connections to simulate losing the
+//! broker without disturbing the other tests that share it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_amqp::{AmqpClient, AmqpConfig};
+use chat_core::{ChatClient, ChatServer, ClientId, IncomingEvent, Message, ServerConfig};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// Generous: the broker and a 2-core machine shared with other builds.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| chat_amqp::DEFAULT_AMQP_URL.to_owned())
+}
+
+pub fn id(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+/// A namespace of its own for one test; its queues and exchange are
+/// deleted when it is dropped.
+pub struct Namespace {
+    pub name: String,
+    pub url: String,
+    clients: Mutex<Vec<String>>,
+}
+
+impl Namespace {
+    pub fn new() -> Self {
+        let tail = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            name: format!("test-{}", &tail[..12]),
+            url: amqp_url(),
+            clients: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Config for a client or server that talks to the broker directly.
+    pub fn config(&self) -> AmqpConfig {
+        self.config_via(&self.url)
+    }
+
+    pub fn config_via(&self, url: &str) -> AmqpConfig {
+        AmqpConfig::new(url, self.name.clone())
+    }
+
+    /// Remembers `id`'s queue for clean-up.
+    pub fn track(&self, id: &str) {
+        self.clients.lock().unwrap().push(id.to_owned());
+    }
+
+    pub async fn client(&self, raw: &str) -> AmqpClient {
+        self.client_with(raw, &self.config()).await
+    }
+
+    pub async fn client_with(&self, raw: &str, config: &AmqpConfig) -> AmqpClient {
+        self.track(raw);
+        AmqpClient::connect(config, id(raw)).await.unwrap()
+    }
+
+    pub fn queue(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.name)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let ns = self.name.clone();
+        let clients = std::mem::take(&mut *self.clients.lock().unwrap());
+        // Drop cannot be async, and may run inside a runtime: use a thread.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
+                let mut queues = vec![format!("{ns}.server"), format!("{ns}.dead")];
+                queues.extend(clients.iter().map(|c| format!("{ns}.client.{c}")));
+                for q in queues {
+                    let _ = ch
+                        .queue_delete(q.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = ch
+                    .exchange_delete(
+                        format!("{ns}.deliver").into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+                let _ = conn.close(200, "test clean-up".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The server inside the test process.
+pub struct InProcessServer {
+    pub data_dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    pub async fn start(config: AmqpConfig) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = ChatServer::open(ServerConfig::new(data_dir.path())).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            chat_amqp::run(config, server, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Waits until some server consumes the namespace's request queue.
+pub async fn wait_healthy(config: &AmqpConfig) {
+    tokio::time::timeout(WAIT, async {
+        while chat_amqp::health(config).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the server never came up");
+}
+
+/// The real `amqp-server` binary, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+}
+
+impl ServerProcess {
+    pub fn spawn(url: &str, namespace: &str, data_dir: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_amqp-server"))
+            .arg("--amqp-url")
+            .arg(url)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start amqp-server");
+        Self { child }
+    }
+
+    /// SIGKILL: no chance to flush, ack or say goodbye.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+pub fn client_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_amqp-client"))
+}
+
+/// Receives `n` messages (acknowledging each), skipping state events.
+pub async fn recv_n(incoming: &mut chat_core::Incoming, n: usize) -> Vec<Message> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let event = tokio::time::timeout(WAIT, incoming.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {} of {n} messages: {got:?}", got.len()))
+            .expect("incoming stream ended");
+        if let IncomingEvent::Message(d) = event {
+            got.push(d.message.clone());
+            d.ack();
+        }
+    }
+    got
+}
+
+/// Asserts nothing more arrives for a while (a check for duplicates, not a
+/// timing assertion: a late duplicate would fail it, an early one too).
+pub async fn assert_quiet(incoming: &mut chat_core::Incoming, for_: Duration) {
+    let end = tokio::time::Instant::now() + for_;
+    loop {
+        match tokio::time::timeout_at(end, incoming.recv()).await {
+            Err(_) => return,
+            Ok(Some(IncomingEvent::Message(d))) => {
+                panic!("unexpected extra message {:?}", d.message)
+            }
+            Ok(Some(IncomingEvent::State(_))) => {}
+            Ok(None) => return,
+        }
+    }
+}
+
+/// A TCP proxy in front of the broker: `cut` drops every connection
+/// through it (as a network failure or broker restart would), `refuse`
+/// makes it turn new connections away (broker down).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    refusing: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start() -> Self {
+        let upstream = broker_addr();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (c, r) = (conns.clone(), refusing.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if r.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(conn);
+            }
+        });
+        Self {
+            addr,
+            conns,
+            refusing,
+            accept,
+        }
+    }
+
+    /// The broker URL, pointed at this proxy.
+    pub fn url(&self) -> String {
+        let url = amqp_url();
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        let at = if userinfo.is_empty() { "" } else { "@" };
+        format!("{scheme}://{userinfo}{at}{}{path}", self.addr)
+    }
+
+    pub fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+fn broker_addr() -> String {
+    let url = amqp_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    }
+}
