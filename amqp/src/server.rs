@@ -284,7 +284,7 @@ async fn serve(
     conn: &Connection,
     server: &ChatServer,
     names: &Names,
-    shutdown: &mut (impl Future<Output = ()> + Unpin + futures::future::FusedFuture),
+    shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
 ) -> Outcome {
     let setup = async {
         let consume = conn.create_channel().await?;
@@ -359,14 +359,14 @@ async fn serve(
 
 /// Why a request cannot be handled at all (it is dead-lettered).
 fn decode(delivery: &Delivery) -> Result<pb::request::Body, String> {
-    if let Some(kind) = delivery.properties.kind() {
-        if kind.as_str() != topology::TYPE_REQUEST {
-            return Err(format!(
-                "unexpected message type {:?} (expected {:?})",
-                kind.as_str(),
-                topology::TYPE_REQUEST
-            ));
-        }
+    if let Some(kind) = delivery.properties.kind()
+        && kind.as_str() != topology::TYPE_REQUEST
+    {
+        return Err(format!(
+            "unexpected message type {:?} (expected {:?})",
+            kind.as_str(),
+            topology::TYPE_REQUEST
+        ));
     }
     let request = pb::Request::decode(delivery.data.as_slice())
         .map_err(|e| format!("body is not a chat.v1.Request: {e}"))?;

@@ -160,7 +160,10 @@ async fn an_id_online_already_is_refused_and_free_once_it_leaves() {
         loop {
             match third.join().await {
                 Ok(_) => break,
-                Err(ClientError::Rejected { code, .. }) if code == ErrorCode::AlreadyExists => {
+                Err(ClientError::Rejected {
+                    code: ErrorCode::AlreadyExists,
+                    ..
+                }) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("{e}"),

@@ -1,0 +1,392 @@
+//! Faults: poison messages on the server's queue, `kill -9` of the real
+//! server binary, connections cut under both server and clients, and a
+//! server that starts before its broker is reachable.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chat_core::{ChatClient, ConnectionState, IncomingEvent};
+use chat_proto::v1 as pb;
+use common::*;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use prost::Message as _;
+
+/// A raw AMQP peer: publishes anything to the server queue and reads the
+/// replies, as a buggy or hostile client would.
+struct RawPeer {
+    conn: Connection,
+    ch: lapin::Channel,
+    reply_queue: String,
+    replies: lapin::Consumer,
+}
+
+impl RawPeer {
+    async fn new(url: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let replies = ch
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            conn,
+            ch,
+            reply_queue: q.name().to_string(),
+            replies,
+        }
+    }
+
+    async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) {
+        self.ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes with reply_to/correlation_id and returns the decoded reply.
+    async fn ask(&mut self, queue: &str, body: &[u8], kind: Option<&str>) -> pb::Reply {
+        let corr = uuid::Uuid::new_v4().to_string();
+        let mut props = BasicProperties::default()
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(corr.as_str().into());
+        if let Some(k) = kind {
+            props = props.with_type(k.into());
+        }
+        self.publish(queue, body, props).await;
+        let d = tokio::time::timeout(WAIT, self.replies.next())
+            .await
+            .expect("no reply")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.properties.correlation_id().as_ref().map(|c| c.as_str()),
+            Some(corr.as_str())
+        );
+        pb::Reply::decode(d.data.as_slice()).unwrap()
+    }
+}
+
+fn error_code(reply: &pb::Reply) -> pb::ErrorCode {
+    match &reply.body {
+        Some(pb::reply::Body::Error(e)) => pb::ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+fn request(body: pb::request::Body) -> Vec<u8> {
+    pb::Request { body: Some(body) }.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
+    let ns = Namespace::new();
+    ns.track("alice");
+    ns.track("bob");
+    let server = InProcessServer::start(ns.config()).await;
+    // The raw peer does not declare the request queue: wait for the server's.
+    wait_healthy(&ns.config()).await;
+    let mut peer = RawPeer::new(&ns.url).await;
+    let q = ns.queue("server");
+
+    // Garbage bytes, a wrong message type, a request without a body.
+    let garbage = [0xff, 0xfe, 0x00, 0x13, 0x37, 0xde, 0xad];
+    let r = peer.ask(&q, &garbage, None).await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    let r = peer
+        .ask(
+            &q,
+            &request(pb::request::Body::ListClients(pb::ListClientsRequest {})),
+            Some("text/plain"),
+        )
+        .await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    let r = peer
+        .ask(&q, &pb::Request { body: None }.encode_to_vec(), None)
+        .await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    // Missing and invalid fields: a clear refusal, not a dead letter.
+    let send = |from: &str, to: &str, id: &str| {
+        request(pb::request::Body::Send(pb::SendRequest {
+            id: id.into(),
+            from: from.into(),
+            to: to.into(),
+            text: "hi".into(),
+        }))
+    };
+    let r = peer.ask(&q, &send("", "bob", ""), None).await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    let r = peer.ask(&q, &send("not valid!", "bob", ""), None).await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    let r = peer
+        .ask(&q, &send("alice", "bob", "not-a-uuid"), None)
+        .await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    let r = peer.ask(&q, &send("alice", "nobody", ""), None).await;
+    assert_eq!(error_code(&r), pb::ErrorCode::NotFound);
+    let r = peer
+        .ask(
+            &q,
+            &request(pb::request::Body::Register(pb::RegisterRequest {
+                client_id: "a b".into(),
+            })),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
+    // Garbage with nowhere to answer: only logged and dead-lettered.
+    peer.publish(&q, b"\x08\x96\x01 no reply_to", BasicProperties::default())
+        .await;
+
+    // The server is still serving everyone else.
+    let alice = ns.client("alice").await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    alice.send(&id("bob"), "after the storm").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "after the storm");
+
+    // Nothing is left to loop on the request queue; the four undecodable
+    // requests are in the dead-letter queue.
+    let counts = |name: String| {
+        let ch = peer.ch.clone();
+        async move {
+            ch.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+        }
+    };
+    tokio::time::timeout(WAIT, async {
+        while counts(ns.queue("dead")).await < 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("poison requests were not dead-lettered");
+    assert_eq!(counts(ns.queue("dead")).await, 4);
+    assert_eq!(counts(ns.queue("server")).await, 0);
+    let _ = peer.conn.close(200, "done".into()).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_kill_9_and_restart_loses_nothing_and_shows_nothing_twice() {
+    let ns = Namespace::new();
+    let data = tempfile::tempdir().unwrap();
+    let config = ns.config();
+    let server = ServerProcess::spawn(&ns.url, &ns.name, data.path());
+    wait_healthy(&config).await;
+
+    let alice = ns.client("alice").await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    alice.send(&id("bob"), "before").await.unwrap();
+    recv_n(&mut b_in, 1).await;
+
+    // A stream of sends while the server is killed: some are accepted
+    // before the kill (logged, maybe not yet forwarded), the rest wait in
+    // the broker for the next server.
+    let n = 100;
+    let (tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let a = alice.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            let accepted = a.send(&id("bob"), &format!("m{i}")).await.unwrap();
+            tx.send(accepted.id).unwrap();
+        }
+    });
+    let mut accepted = BTreeSet::new();
+    while accepted.len() < 10 {
+        accepted.insert(accepted_rx.recv().await.unwrap());
+    }
+    server.kill9().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = ServerProcess::spawn(&ns.url, &ns.name, data.path());
+    sender.await.unwrap();
+    while let Some(id) = accepted_rx.recv().await {
+        accepted.insert(id);
+    }
+    assert_eq!(accepted.len(), n);
+    let got = recv_n(&mut b_in, n).await;
+    let got_ids: BTreeSet<_> = got.iter().map(|m| m.id).collect();
+    assert_eq!(got_ids, accepted, "every accepted message arrives");
+    let seqs: Vec<_> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (2..=n as u64 + 1).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    assert_quiet(&mut b_in, Duration::from_secs(1)).await;
+
+    // log.txt: exactly one line per accepted message.
+    let log = std::fs::read_to_string(data.path().join("log.txt")).unwrap();
+    assert_eq!(log.lines().count(), n + 1, "{log}");
+    for id in &accepted {
+        assert_eq!(log.matches(&id.to_string()).count(), 1);
+    }
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyone_reconnects_after_losing_the_broker() {
+    let ns = Namespace::new();
+    let server_proxy = Proxy::start().await;
+    let client_proxy = Proxy::start().await;
+    let via = ns.config_via(&client_proxy.url());
+    let server = InProcessServer::start(ns.config_via(&server_proxy.url())).await;
+    let alice = ns.client_with("alice", &via).await;
+    let bob = ns.client_with("bob", &via).await;
+    let mut b_in = bob.join().await.unwrap();
+    alice.send(&id("bob"), "one").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "one");
+
+    // Both sides lose their connections and cannot come back for a while.
+    server_proxy.refuse(true);
+    client_proxy.refuse(true);
+    server_proxy.cut();
+    client_proxy.cut();
+    match tokio::time::timeout(WAIT, b_in.recv()).await.unwrap() {
+        Some(IncomingEvent::State(ConnectionState::Reconnecting { .. })) => {}
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+    let a = alice.clone();
+    let during = tokio::spawn(async move { a.send(&id("bob"), "two").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server_proxy.refuse(false);
+    client_proxy.refuse(false);
+
+    during.await.unwrap().unwrap();
+    alice.send(&id("bob"), "three").await.unwrap();
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        match tokio::time::timeout(WAIT, b_in.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            IncomingEvent::Message(d) => {
+                texts.push(d.message.text.clone());
+                d.ack();
+            }
+            IncomingEvent::State(s) => {
+                assert!(!matches!(s, ConnectionState::Closed { .. }), "{s:?}");
+            }
+        }
+    }
+    assert_eq!(texts, ["two", "three"]);
+    let list = alice.list_clients().await.unwrap();
+    assert!(
+        list.iter().any(|c| c.id.as_str() == "bob" && c.online),
+        "{list:?}"
+    );
+    assert_quiet(&mut b_in, Duration::from_millis(500)).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_come_back_after_a_cut_but_show_once() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start().await;
+    let server = InProcessServer::start(ns.config()).await;
+    let alice = ns.client("alice").await;
+    let bob = ns.client_with("bob", &ns.config_via(&proxy.url())).await;
+    let mut b_in = bob.join().await.unwrap();
+    for i in 0..5 {
+        alice.send(&id("bob"), &format!("m{i}")).await.unwrap();
+    }
+    // Take them all, acknowledge none, and lose the connection: the broker
+    // redelivers all five on the next connection.
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        if let Some(IncomingEvent::Message(d)) =
+            tokio::time::timeout(WAIT, b_in.recv()).await.unwrap()
+        {
+            held.push(d);
+        }
+    }
+    proxy.cut();
+    // Acked only now, under the old connection's tags: ignored by the
+    // adapter, so the redeliveries are dropped (and acked) by seq.
+    for d in held {
+        d.ack();
+    }
+    alice.send(&id("bob"), "fresh").await.unwrap();
+    let got = recv_n(&mut b_in, 1).await;
+    assert_eq!(got[0].text, "fresh");
+    assert_eq!(got[0].seq, 6);
+    assert_quiet(&mut b_in, Duration::from_millis(500)).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_waits_for_the_broker_at_start() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start().await;
+    proxy.refuse(true);
+    let server = InProcessServer::start(ns.config_via(&proxy.url())).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(chat_amqp::health(&ns.config()).await.is_err());
+    proxy.refuse(false);
+    wait_healthy(&ns.config()).await;
+    let bob = ns.client("bob").await;
+    let _b_in = bob.join().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_subcommand_reports_the_server() {
+    let ns = Namespace::new();
+    let health = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_amqp-server"))
+            .args(["--amqp-url", &ns.url, "--namespace", &ns.name, "health"])
+            .output()
+            .unwrap()
+    };
+    let out = health();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+    let server = InProcessServer::start(ns.config()).await;
+    wait_healthy(&ns.config()).await;
+    let out = health();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("ok:"));
+    server.stop().await;
+}
