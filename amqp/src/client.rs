@@ -471,8 +471,9 @@ impl Shared {
                         tracing::warn!("{reason}");
                         lock(&self.joined).take();
                         j.state(ConnectionState::Closed { reason }).await;
-                        // Ends the stream.
+                        // Ends the stream; nothing is left to acknowledge here.
                         *j.sink.lock().await = None;
+                        *j.acks.lock().await = None;
                     }
                     Err(Some(e)) => {
                         link.trigger(e);
