@@ -439,7 +439,8 @@ impl Shared {
                 _ = stop.changed() => break,
                 r = link.wait_broken() => r,
             };
-            tracing::warn!("lost the broker connection: {reason}; reconnecting");
+            // Info, not warn: the CLI shows the Reconnecting state itself.
+            tracing::info!("lost the broker connection: {reason}; reconnecting");
             self.link.send_replace(None);
             link.close().await;
             let joined = self.joined();
@@ -457,7 +458,7 @@ impl Shared {
                 }
                 match self.open_link().await {
                     Ok(l) => break l,
-                    Err(e) => tracing::warn!(
+                    Err(e) => tracing::info!(
                         "cannot reach the broker at {}: {e}; retrying",
                         redact(&self.config.url)
                     ),

@@ -111,7 +111,6 @@ pub async fn run(
         };
         tracing::info!(broker = %url, namespace = names.namespace(), "connected to the broker");
         let outcome = serve(&conn, &server, &names, &mut shutdown).await;
-        let _ = conn.close(200, "amqp-server closing".into()).await;
         match outcome {
             Outcome::Shutdown => break,
             Outcome::Lost(reason) => {
@@ -309,7 +308,10 @@ async fn serve(
     };
     let (consume, publish, admin, mut consumer) = match setup.await {
         Ok(parts) => parts,
-        Err(e) => return Outcome::Lost(e.to_string()),
+        Err(e) => {
+            let _ = conn.close(200, "amqp-server closing".into()).await;
+            return Outcome::Lost(e.to_string());
+        }
     };
     let generation = Arc::new(Generation {
         server: server.clone(),
@@ -354,6 +356,9 @@ async fn serve(
     };
     tasks.abort_all();
     forwarder.abort();
+    // Closed while the channels are still open, so that lapin does not see
+    // them close underneath a closing connection.
+    let _ = conn.close(200, "amqp-server closing".into()).await;
     outcome
 }
 

@@ -390,3 +390,43 @@ async fn health_subcommand_reports_the_server() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("ok:"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_id_was_taken_while_away_is_closed() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start().await;
+    let server = InProcessServer::start(ns.config()).await;
+    let away = ns.client_with("bob", &ns.config_via(&proxy.url())).await;
+    let mut away_in = away.join().await.unwrap();
+    proxy.refuse(true);
+    proxy.cut();
+    // While the first bob is disconnected, another takes the ID.
+    let usurper = ns.client("bob").await;
+    let _u_in = tokio::time::timeout(WAIT, async {
+        loop {
+            match usurper.join().await {
+                Ok(incoming) => break incoming,
+                Err(e) => {
+                    assert_eq!(e.code(), Some(chat_core::ErrorCode::AlreadyExists), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    proxy.refuse(false);
+    let mut closed = false;
+    while let Some(event) = tokio::time::timeout(WAIT, away_in.recv()).await.unwrap() {
+        match event {
+            IncomingEvent::State(ConnectionState::Closed { reason }) => {
+                assert!(reason.contains("online elsewhere"), "{reason}");
+                closed = true;
+            }
+            IncomingEvent::State(_) => {}
+            IncomingEvent::Message(d) => panic!("unexpected {:?}", d.message),
+        }
+    }
+    assert!(closed, "the stream ended without saying why");
+    server.stop().await;
+}

@@ -185,7 +185,7 @@ impl ServerProcess {
             .arg(namespace)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
