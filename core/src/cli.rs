@@ -1,1 +1,709 @@
-//! placeholder
+//! The command-line front-end, written once for every [`ChatClient`].
+//!
+//! `grpc-client` and `amqp-client` only add their connection flag and call
+//! [`run`]. This module is the only place in the libraries that writes to
+//! stdout: incoming messages, acceptances, lists and histories go there (one
+//! JSON object per line with `--json`); diagnostics go to stderr.
+//!
+//! Interactive use on a terminal goes through rustyline, whose external
+//! printer redraws the prompt and the half-typed line after each incoming
+//! message, so arrivals never garble what the user is typing. When stdin is
+//! not a terminal (a pipe, a container without TTY) lines are read plainly
+//! and the client keeps printing arrivals after input ends, until `/quit`,
+//! SIGINT or SIGTERM.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::backoff::Backoff;
+use crate::client::{ChatClient, ClientError, ConnectionState, Incoming, IncomingEvent};
+use crate::id::ClientId;
+use crate::message::{ClientInfo, Message, format_timestamp};
+
+/// Pause between the lines of the `--demo` conversation, so that a person
+/// watching `docker compose up` can follow it.
+const DEMO_PAUSE: Duration = Duration::from_millis(700);
+/// How long `--demo` waits for its peer to register before giving up.
+const DEMO_PEER_WAIT: Duration = Duration::from_secs(120);
+
+/// The flags and subcommands every chat client shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Your client ID: 1-32 characters of A-Z, a-z, 0-9, '_' or '-'.
+    /// Without it a unique ID is generated and printed.
+    #[arg(long, env = "CHAT_ID", global = true)]
+    pub id: Option<String>,
+
+    /// Print every event as one JSON object per line on stdout.
+    #[arg(long, env = "CHAT_JSON", global = true)]
+    pub json: bool,
+
+    /// Once PEER is registered, send it a short scripted conversation, then
+    /// carry on as an ordinary interactive client.
+    #[arg(long, env = "CHAT_DEMO", value_name = "PEER")]
+    pub demo: Option<String>,
+
+    /// How long one-shot commands keep retrying an unreachable server
+    /// before giving up, in seconds (interactive use retries forever).
+    #[arg(
+        long,
+        env = "CHAT_CONNECT_TIMEOUT",
+        default_value_t = 15,
+        global = true
+    )]
+    pub connect_timeout: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-shot commands for scripts. Without one, the client is interactive.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Send one message; exits once the server has accepted it.
+    Send {
+        /// Recipient client ID.
+        to: String,
+        /// Message text (several words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// List every registered client with its online status.
+    List,
+    /// Show every message you have sent, oldest first.
+    History,
+    /// Go online and print incoming messages.
+    Listen {
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit after this many seconds (with an error if --count was not reached).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+}
+
+const HELP: &str = "\
+commands:
+  /msg <id> <text>   send <text> to client <id>
+  <text>             send to the last recipient
+  /list              list clients and whether they are online
+  /history           messages you have sent
+  /help              this help
+  /quit              leave (Ctrl-D and Ctrl-C too)";
+
+/// Runs the client described by `args` against `config`. `endpoint` names
+/// the server or broker in messages.
+pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: ClientArgs) -> ExitCode {
+    let interactive_tty = args.command.is_none()
+        && !args.json
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    let (out, editor) = Output::new(args.json, interactive_tty);
+
+    let id = match &args.id {
+        Some(raw) => match ClientId::parse(raw) {
+            Ok(id) => id,
+            Err(e) => {
+                out.error(&ClientError::from(e));
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let id = ClientId::generate();
+            out.emit(&Event::Info {
+                message: format!("no --id given; you are {id}"),
+            });
+            id
+        }
+    };
+
+    let deadline = match args.command {
+        None | Some(Command::Listen { .. }) => None,
+        _ => Some(Instant::now() + Duration::from_secs(args.connect_timeout)),
+    };
+    let client = match retry(&out, &endpoint, deadline, || {
+        C::connect(&config, id.clone())
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let result = match args.command {
+        Some(Command::Send { to, text }) => {
+            one_shot_send(&client, &out, &to, &text.join(" ")).await
+        }
+        Some(Command::List) => client.list_clients().await.map(|c| out.clients(&c)),
+        Some(Command::History) => client.history().await.map(|h| out.history(&id, &h)),
+        Some(Command::Listen { count, timeout }) => {
+            listen(
+                &client,
+                &out,
+                &endpoint,
+                count,
+                timeout.map(Duration::from_secs),
+            )
+            .await
+        }
+        None => interactive(client, out.clone(), editor, &endpoint, args.demo).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Retries `attempt` while it fails transiently, saying so, until `deadline`.
+async fn retry<T, F, Fut>(
+    out: &Output,
+    endpoint: &str,
+    deadline: Option<Instant>,
+    mut attempt: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if deadline.is_some_and(|d| Instant::now() + delay > d) {
+                    return Err(e);
+                }
+                out.notice(&format!(
+                    "{e}; is the server at {endpoint} running? retrying in {:.1}s",
+                    delay.as_secs_f32()
+                ));
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn one_shot_send<C: ChatClient>(
+    client: &C,
+    out: &Output,
+    to: &str,
+    text: &str,
+) -> Result<(), ClientError> {
+    let to = ClientId::parse(to)?;
+    let accepted = client.send(&to, text).await?;
+    out.accepted(&to, &accepted);
+    Ok(())
+}
+
+async fn listen<C: ChatClient>(
+    client: &C,
+    out: &Output,
+    endpoint: &str,
+    count: Option<usize>,
+    timeout: Option<Duration>,
+) -> Result<(), ClientError> {
+    let mut incoming = retry(out, endpoint, None, || client.join()).await?;
+    out.emit(&Event::Joined {
+        id: client.id().as_str(),
+    });
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seen = 0usize;
+    while count.is_none_or(|c| seen < c) {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, incoming.recv()).await {
+                Ok(ev) => ev,
+                Err(_) => break,
+            },
+            None => incoming.recv().await,
+        };
+        match next {
+            Some(IncomingEvent::Message(d)) => {
+                out.message(&d.message);
+                d.ack();
+                seen += 1;
+            }
+            Some(IncomingEvent::State(s)) => out.state(&s),
+            None => break,
+        }
+    }
+    incoming.close().await;
+    match count {
+        Some(c) if seen < c => Err(ClientError::Local(format!(
+            "listen ended after {seen} of {c} messages"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What the input side asks the main loop to do.
+enum Input {
+    Line(String),
+    Eof,
+}
+
+async fn interactive<C: ChatClient>(
+    client: C,
+    out: Output,
+    editor: Option<rustyline::DefaultEditor>,
+    endpoint: &str,
+    demo: Option<String>,
+) -> Result<(), ClientError> {
+    let mut incoming: Incoming = retry(&out, endpoint, None, || client.join()).await?;
+    out.emit(&Event::Joined {
+        id: client.id().as_str(),
+    });
+    if editor.is_some() {
+        out.emit(&Event::Info {
+            message: "type /help for commands".into(),
+        });
+    }
+
+    let (line_tx, mut lines) = mpsc::channel::<Input>(64);
+    match editor {
+        Some(editor) => spawn_editor(editor, line_tx, client.id().to_string()),
+        None => spawn_stdin_reader(line_tx),
+    }
+
+    let mut sends: JoinSet<()> = JoinSet::new();
+    if let Some(peer) = demo {
+        let (client, out) = (client.clone(), out.clone());
+        sends.spawn(async move { run_demo(&client, &out, &peer).await });
+    }
+    let mut last_to: Option<ClientId> = None;
+    let mut input_open = true;
+    let shutdown = crate::signal::shutdown_signal();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            event = incoming.recv() => match event {
+                Some(IncomingEvent::Message(d)) => {
+                    out.message(&d.message);
+                    d.ack();
+                }
+                Some(IncomingEvent::State(s)) => {
+                    let closed = matches!(s, ConnectionState::Closed { .. });
+                    out.state(&s);
+                    if closed {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            input = lines.recv(), if input_open => match input {
+                Some(Input::Line(line)) => {
+                    if !handle_line(&client, &out, &mut sends, &mut last_to, &line) {
+                        break;
+                    }
+                }
+                Some(Input::Eof) | None => input_open = false,
+            },
+            Some(_) = sends.join_next(), if !sends.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    // Messages typed before leaving are still on their way: let them land.
+    while sends.join_next().await.is_some() {}
+    incoming.close().await;
+    Ok(())
+}
+
+/// Acts on one input line. Returns `false` on `/quit`.
+fn handle_line<C: ChatClient>(
+    client: &C,
+    out: &Output,
+    sends: &mut JoinSet<()>,
+    last_to: &mut Option<ClientId>,
+    line: &str,
+) -> bool {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return true;
+    }
+    let (to, text) = if let Some(cmd) = line.strip_prefix('/') {
+        let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
+        match name {
+            "quit" | "exit" => return false,
+            "help" => {
+                out.emit(&Event::Info {
+                    message: HELP.into(),
+                });
+                return true;
+            }
+            "list" => {
+                let (client, out) = (client.clone(), out.clone());
+                sends.spawn(async move {
+                    match client.list_clients().await {
+                        Ok(c) => out.clients(&c),
+                        Err(e) => out.error(&e),
+                    }
+                });
+                return true;
+            }
+            "history" => {
+                let (client, out) = (client.clone(), out.clone());
+                sends.spawn(async move {
+                    match client.history().await {
+                        Ok(h) => out.history(client.id(), &h),
+                        Err(e) => out.error(&e),
+                    }
+                });
+                return true;
+            }
+            "msg" => {
+                let rest = rest.trim_start();
+                let Some((to, text)) = rest.split_once(char::is_whitespace) else {
+                    out.error_text("usage: /msg <id> <text>");
+                    return true;
+                };
+                match ClientId::parse(to) {
+                    Ok(to) => (to, text.to_owned()),
+                    Err(e) => {
+                        out.error(&ClientError::from(e));
+                        return true;
+                    }
+                }
+            }
+            other => {
+                out.error_text(&format!("unknown command /{other}; type /help"));
+                return true;
+            }
+        }
+    } else {
+        match last_to {
+            Some(to) => (to.clone(), line.to_owned()),
+            None => {
+                out.error_text("no recipient yet: start with /msg <id> <text>");
+                return true;
+            }
+        }
+    };
+    *last_to = Some(to.clone());
+    let (client, out) = (client.clone(), out.clone());
+    sends.spawn(async move {
+        match client.send(&to, &text).await {
+            Ok(accepted) => out.accepted(&to, &accepted),
+            Err(e) => out.error(&e),
+        }
+    });
+    true
+}
+
+async fn run_demo<C: ChatClient>(client: &C, out: &Output, peer: &str) {
+    let peer = match ClientId::parse(peer) {
+        Ok(p) => p,
+        Err(e) => return out.error(&ClientError::from(e)),
+    };
+    let give_up = Instant::now() + DEMO_PEER_WAIT;
+    loop {
+        match client.list_clients().await {
+            Ok(list) if list.iter().any(|c| c.id == peer) => break,
+            Ok(_) | Err(_) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(_) => {
+                return out.error_text(&format!("demo: {peer} never registered; no demo sent"));
+            }
+            Err(e) => return out.error(&e),
+        }
+    }
+    let me = client.id();
+    let script = [
+        format!("Hi {peer}, this is {me}. Can you read me?"),
+        "This message went through the central server, which wrote it to log.txt.".to_owned(),
+        "Demo over: attach to this container to keep chatting (/help).".to_owned(),
+    ];
+    for line in script {
+        match client.send(&peer, &line).await {
+            Ok(a) => out.accepted(&peer, &a),
+            Err(e) => out.error(&e),
+        }
+        tokio::time::sleep(DEMO_PAUSE).await;
+    }
+}
+
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(Input::Line(line)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Input::Eof).await;
+    });
+}
+
+fn spawn_editor(mut editor: rustyline::DefaultEditor, tx: mpsc::Sender<Input>, id: String) {
+    let prompt = format!("{id}> ");
+    std::thread::spawn(move || {
+        loop {
+            match editor.readline(&prompt) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    if tx.blocking_send(Input::Line(line)).is_err() {
+                        return;
+                    }
+                }
+                // Ctrl-C and Ctrl-D leave, like /quit.
+                Err(rustyline::error::ReadlineError::Interrupted) => {
+                    let _ = tx.blocking_send(Input::Line("/quit".into()));
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.blocking_send(Input::Line("/quit".into()));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+// ---- output -----------------------------------------------------------------
+
+type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
+
+/// Where events go: stdout as text or JSON lines, or through rustyline's
+/// printer while the user is typing.
+#[derive(Clone)]
+struct Output {
+    json: bool,
+    printer: Option<Arc<Mutex<Printer>>>,
+}
+
+impl Output {
+    fn new(json: bool, tty: bool) -> (Self, Option<rustyline::DefaultEditor>) {
+        if tty {
+            if let Ok(mut editor) = rustyline::DefaultEditor::new() {
+                if let Ok(p) = editor.create_external_printer() {
+                    let printer: Printer = Box::new(p);
+                    return (
+                        Self {
+                            json,
+                            printer: Some(Arc::new(Mutex::new(printer))),
+                        },
+                        Some(editor),
+                    );
+                }
+            }
+        }
+        (
+            Self {
+                json,
+                printer: None,
+            },
+            None,
+        )
+    }
+
+    fn emit(&self, event: &Event<'_>) {
+        let line = if self.json {
+            serde_json::to_string(event).unwrap_or_default()
+        } else {
+            event.to_text()
+        };
+        self.write(line, matches!(event, Event::Error { .. }) && !self.json);
+    }
+
+    fn write(&self, line: String, to_stderr: bool) {
+        if let Some(p) = &self.printer {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = p.print(format!("{line}\n"));
+            return;
+        }
+        if to_stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        }
+    }
+
+    fn message(&self, m: &Message) {
+        self.emit(&Event::Message(MessageView::from(m)));
+    }
+
+    fn accepted(&self, to: &ClientId, a: &crate::client::Accepted) {
+        self.emit(&Event::Accepted {
+            id: a.id.to_string(),
+            to: to.as_str(),
+            timestamp: format_timestamp(a.timestamp_ms),
+        });
+    }
+
+    fn clients(&self, clients: &[ClientInfo]) {
+        self.emit(&Event::Clients { clients });
+    }
+
+    fn history(&self, id: &ClientId, messages: &[Message]) {
+        self.emit(&Event::History {
+            id: id.as_str(),
+            messages: messages.iter().map(MessageView::from).collect(),
+        });
+    }
+
+    fn state(&self, s: &ConnectionState) {
+        let (state, reason) = match s {
+            ConnectionState::Connected => ("connected", None),
+            ConnectionState::Reconnecting { reason } => ("reconnecting", Some(reason.as_str())),
+            ConnectionState::Closed { reason } => ("closed", Some(reason.as_str())),
+        };
+        self.emit(&Event::Connection { state, reason });
+    }
+
+    fn error(&self, e: &ClientError) {
+        self.emit(&Event::Error {
+            message: e.to_string(),
+            code: e.code().map(|c| c.as_str_name().to_owned()),
+        });
+    }
+
+    fn error_text(&self, message: &str) {
+        self.emit(&Event::Error {
+            message: message.to_owned(),
+            code: None,
+        });
+    }
+
+    /// A transient diagnostic (retrying...): stderr, or a JSON event.
+    fn notice(&self, message: &str) {
+        if self.json {
+            self.emit(&Event::Info {
+                message: message.to_owned(),
+            });
+        } else {
+            self.write(format!("* {message}"), true);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MessageView<'a> {
+    id: String,
+    from: &'a str,
+    to: &'a str,
+    text: &'a str,
+    timestamp: String,
+    seq: u64,
+}
+
+impl<'a> From<&'a Message> for MessageView<'a> {
+    fn from(m: &'a Message) -> Self {
+        Self {
+            id: m.id.to_string(),
+            from: m.from.as_str(),
+            to: m.to.as_str(),
+            text: &m.text,
+            timestamp: m.timestamp_rfc3339(),
+            seq: m.seq,
+        }
+    }
+}
+
+/// Everything the CLI prints; with `--json`, serialised as one object per line.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event<'a> {
+    Joined {
+        id: &'a str,
+    },
+    Message(MessageView<'a>),
+    Accepted {
+        id: String,
+        to: &'a str,
+        timestamp: String,
+    },
+    Clients {
+        clients: &'a [ClientInfo],
+    },
+    History {
+        id: &'a str,
+        messages: Vec<MessageView<'a>>,
+    },
+    Connection {
+        state: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    Info {
+        message: String,
+    },
+    Error {
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+}
+
+/// `HH:MM:SS` (UTC) out of an RFC 3339 timestamp.
+fn clock(rfc3339: &str) -> &str {
+    rfc3339.get(11..19).unwrap_or(rfc3339)
+}
+
+/// Continuation lines of a multi-line text are indented under the first.
+fn indent(text: &str, by: usize) -> String {
+    let pad = format!("\n{}", " ".repeat(by));
+    text.replace('\n', &pad)
+}
+
+impl Event<'_> {
+    fn to_text(&self) -> String {
+        match self {
+            Event::Joined { id } => format!("* connected as {id}"),
+            Event::Message(m) => {
+                let head = format!("[{}] {}: ", clock(&m.timestamp), m.from);
+                format!("{head}{}", indent(m.text, head.chars().count()))
+            }
+            Event::Accepted { to, timestamp, .. } => {
+                format!("* sent to {to} at {}", clock(timestamp))
+            }
+            Event::Clients { clients } => {
+                let mut s = format!("* {} client(s):", clients.len());
+                for c in clients.iter() {
+                    let status = if c.online { "online" } else { "offline" };
+                    s.push_str(&format!("\n  {:<32} {status}", c.id));
+                }
+                s
+            }
+            Event::History { messages, .. } => {
+                let mut s = format!("* {} message(s) sent:", messages.len());
+                for m in messages {
+                    let head = format!("  [{}] -> {}: ", m.timestamp, m.to);
+                    s.push('\n');
+                    s.push_str(&head);
+                    s.push_str(&indent(m.text, head.chars().count()));
+                }
+                s
+            }
+            Event::Connection { state, reason } => match (*state, reason) {
+                ("connected", _) => "* connected again".to_owned(),
+                ("reconnecting", Some(r)) => format!("* connection lost ({r}); reconnecting..."),
+                (_, Some(r)) => format!("* disconnected: {r}"),
+                (s, None) => format!("* {s}"),
+            },
+            Event::Info { message } => message
+                .lines()
+                .map(|l| format!("* {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Event::Error { message, .. } => format!("error: {message}"),
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ErrorCode;
 use crate::id::{ClientId, MessageId};
@@ -73,6 +73,9 @@ pub enum ClientError {
     /// The peer answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Something on this side (an incomplete `listen`, a closed stream).
+    #[error("{0}")]
+    Local(String),
     /// No answer in time.
     #[error("no answer from the server within {0:?}")]
     Timeout(std::time::Duration),
@@ -154,16 +157,48 @@ pub enum IncomingEvent {
     State(ConnectionState),
 }
 
+/// How long [`Incoming::close`] waits for the last acknowledgements to reach
+/// the server before giving up (they would then be delivered again later).
+pub const ACK_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The consumer's end: incoming messages and connection changes.
 #[derive(Debug)]
 pub struct Incoming {
     rx: mpsc::Receiver<IncomingEvent>,
+    acks_flushed: oneshot::Receiver<()>,
 }
 
 impl Incoming {
     /// The next event; `None` once the client has stopped.
     pub async fn recv(&mut self) -> Option<IncomingEvent> {
         self.rx.recv().await
+    }
+
+    /// Stops receiving and waits until every acknowledgement given so far has
+    /// been carried to the server, so nothing shown is shown again next time.
+    pub async fn close(self) {
+        let Self { rx, acks_flushed } = self;
+        drop(rx);
+        let _ = tokio::time::timeout(ACK_FLUSH_TIMEOUT, acks_flushed).await;
+    }
+}
+
+/// The adapter's stream of acknowledgements to carry to its transport. It
+/// ends once the consumer is gone and every delivery was acknowledged or
+/// dropped; dropping it tells [`Incoming::close`] that all were carried.
+#[derive(Debug)]
+pub struct AckStream {
+    rx: mpsc::UnboundedReceiver<AckToken>,
+    _flushed: oneshot::Sender<()>,
+}
+
+impl AckStream {
+    pub async fn recv(&mut self) -> Option<AckToken> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<AckToken> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -177,17 +212,21 @@ pub struct IncomingSink {
 
 /// Creates the pair, plus the stream of acknowledgements the adapter must
 /// carry to its transport.
-pub fn incoming_channel() -> (IncomingSink, Incoming, mpsc::UnboundedReceiver<AckToken>) {
+pub fn incoming_channel() -> (IncomingSink, Incoming, AckStream) {
     let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
     let (acks, ack_rx) = mpsc::unbounded_channel();
+    let (flushed, acks_flushed) = oneshot::channel();
     (
         IncomingSink {
             tx,
             acks,
             last_seq: 0,
         },
-        Incoming { rx },
-        ack_rx,
+        Incoming { rx, acks_flushed },
+        AckStream {
+            rx: ack_rx,
+            _flushed: flushed,
+        },
     )
 }
 
@@ -269,7 +308,7 @@ mod tests {
         }
         assert_eq!(seen, vec![1, 2, 3]);
         let mut tokens = Vec::new();
-        while let Ok(t) = acks.try_recv() {
+        while let Some(t) = acks.try_recv() {
             tokens.push((t.seq, t.tag));
         }
         // the repeat was acknowledged by the sink itself, under its own tag

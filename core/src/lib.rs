@@ -20,7 +20,7 @@ pub mod signal;
 pub mod telemetry;
 
 pub use client::{
-    Accepted, AckToken, ChatClient, ClientError, ConnectionState, Delivery, Incoming,
+    Accepted, AckStream, AckToken, ChatClient, ClientError, ConnectionState, Delivery, Incoming,
     IncomingEvent, IncomingSink,
 };
 pub use error::{ChatError, ErrorCode};

@@ -1,0 +1,91 @@
+//! `grpc-server`: the central chat server over gRPC.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_core::{ChatServer, ServerArgs};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "grpc-server",
+    version,
+    about = "chatbench chat server over gRPC"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = chat_grpc::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that a running server answers its gRPC health check (exit 0 if
+    /// it is serving, 1 otherwise); for container healthchecks.
+    Health {
+        /// URL of the server to check.
+        #[arg(
+            long,
+            env = "CHAT_HEALTH_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        url: String,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Health { url, timeout }) = args.command {
+        return match chat_grpc::health::check(&url, Duration::from_secs(timeout)).await {
+            Ok(()) => {
+                eprintln!("ok: {url} is serving");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    chat_core::telemetry::init("info");
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("grpc-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = args.server.config();
+    let server = ChatServer::open(config.clone()).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another server running there? choose another with --listen",
+            args.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on {addr}");
+    chat_grpc::run(listener, server, chat_core::signal::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! [`GrpcClient`]: `chat_core::ChatClient` over one tonic channel.
+//!
+//! The channel reconnects by itself; on top of it, the receive task re-opens
+//! the `Subscribe` stream with backoff after the server goes away, resuming
+//! after the last seq it passed on, and the ack task carries cumulative
+//! acknowledgements to the server (coalesced: one RPC acknowledges every
+//! message shown since the last one).
+
+use std::time::Duration;
+
+use chat_core::backoff::Backoff;
+use chat_core::client::incoming_channel;
+use chat_core::{
+    Accepted, AckStream, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, ErrorCode,
+    Incoming, IncomingSink, Message, MessageId,
+};
+use chat_proto::v1 as pb;
+use pb::chat_client::ChatClient as Rpc;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::status::from_status;
+
+/// How long a send keeps retrying (with the same message ID, so it is
+/// accepted at most once) while the server is unreachable.
+pub const SEND_RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    /// Server URL, e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+    /// Time allowed for one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl GrpcConfig {
+    pub fn new(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcClient {
+    id: ClientId,
+    rpc: Rpc<Channel>,
+    endpoint: String,
+}
+
+impl GrpcClient {
+    fn err(&self, status: tonic::Status) -> ClientError {
+        from_status(status, &self.endpoint)
+    }
+}
+
+impl ChatClient for GrpcClient {
+    type Config = GrpcConfig;
+
+    async fn connect(config: &GrpcConfig, id: ClientId) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(config.server.clone())
+            .map_err(|e| {
+                ClientError::Local(format!("invalid server URL {:?}: {e}", config.server))
+            })?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Unavailable {
+                endpoint: config.server.clone(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Self {
+            id,
+            rpc: Rpc::new(channel),
+            endpoint: config.server.clone(),
+        })
+    }
+
+    fn id(&self) -> &ClientId {
+        &self.id
+    }
+
+    async fn join(&self) -> Result<Incoming, ClientError> {
+        let client_id = self.id.to_string();
+        self.rpc
+            .clone()
+            .register(pb::RegisterRequest {
+                client_id: client_id.clone(),
+            })
+            .await
+            .map_err(|s| self.err(s))?;
+        let stream = self.subscribe(0).await?;
+        let (sink, incoming, acks) = incoming_channel();
+        tokio::spawn(self.clone().receive(stream, sink));
+        tokio::spawn(self.clone().acknowledge(acks));
+        Ok(incoming)
+    }
+
+    async fn send(&self, to: &ClientId, text: &str) -> Result<Accepted, ClientError> {
+        let request = pb::SendRequest {
+            id: MessageId::generate().to_string(),
+            from: self.id.to_string(),
+            to: to.to_string(),
+            text: text.to_owned(),
+        };
+        let give_up = tokio::time::Instant::now() + SEND_RETRY_WINDOW;
+        let mut backoff = Backoff::new();
+        let reply = loop {
+            match self.rpc.clone().send(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) => {
+                    let e = self.err(s);
+                    if !e.is_transient() || tokio::time::Instant::now() >= give_up {
+                        return Err(e);
+                    }
+                    backoff.wait().await;
+                }
+            }
+        };
+        Ok(Accepted {
+            id: MessageId::parse_or_generate(&reply.id)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            timestamp_ms: reply.timestamp_ms,
+        })
+    }
+
+    async fn list_clients(&self) -> Result<Vec<ClientInfo>, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .list_clients(pb::ListClientsRequest {})
+            .await
+            .map_err(|s| self.err(s))?;
+        reply
+            .into_inner()
+            .clients
+            .into_iter()
+            .map(|c| ClientInfo::from_proto(c).map_err(|e| ClientError::Protocol(e.to_string())))
+            .collect()
+    }
+
+    async fn history(&self) -> Result<Vec<Message>, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .history(pb::HistoryRequest {
+                client_id: self.id.to_string(),
+            })
+            .await
+            .map_err(|s| self.err(s))?;
+        reply
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|m| Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string())))
+            .collect()
+    }
+}
+
+impl GrpcClient {
+    async fn subscribe(&self, after_seq: u64) -> Result<Streaming<pb::ChatMessage>, ClientError> {
+        self.rpc
+            .clone()
+            .subscribe(pb::SubscribeRequest {
+                client_id: self.id.to_string(),
+                after_seq,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.err(s))
+    }
+
+    /// Moves the stream into the sink; re-subscribes when it breaks.
+    async fn receive(self, mut stream: Streaming<pb::ChatMessage>, mut sink: IncomingSink) {
+        let mut backoff = Backoff::new();
+        loop {
+            let reason = loop {
+                let next = tokio::select! {
+                    next = stream.message() => next,
+                    () = sink.closed() => return,
+                };
+                match next {
+                    Ok(Some(m)) => match Message::from_proto(m) {
+                        Ok(m) => {
+                            if !sink.deliver(m, 0, 0).await {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "dropping a malformed message"),
+                    },
+                    Ok(None) => break "the server closed the stream".to_owned(),
+                    Err(s) => break self.err(s).to_string(),
+                }
+            };
+            if !sink.state(ConnectionState::Reconnecting { reason }).await {
+                return;
+            }
+            stream = loop {
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    () = sink.closed() => return,
+                }
+                match self.subscribe(sink.last_seq()).await {
+                    Ok(s) => break s,
+                    // The server has not yet noticed our old stream is gone.
+                    Err(e) if e.is_transient() || e.code() == Some(ErrorCode::AlreadyExists) => {
+                        tracing::debug!(error = %e, "re-subscribe failed; retrying");
+                    }
+                    Err(e) => {
+                        let _ = sink
+                            .state(ConnectionState::Closed {
+                                reason: e.to_string(),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            };
+            backoff.reset();
+            if !sink.state(ConnectionState::Connected).await {
+                return;
+            }
+        }
+    }
+
+    /// Sends cumulative acks, coalescing whatever has queued up meanwhile.
+    async fn acknowledge(self, mut acks: AckStream) {
+        let mut backoff = Backoff::new();
+        while let Some(first) = acks.recv().await {
+            let mut up_to = first.seq;
+            while let Some(t) = acks.try_recv() {
+                up_to = up_to.max(t.seq);
+            }
+            loop {
+                let request = pb::AckRequest {
+                    client_id: self.id.to_string(),
+                    up_to_seq: up_to,
+                };
+                match self.rpc.clone().ack(request).await {
+                    Ok(_) => {
+                        backoff.reset();
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::debug!(status = %s, "ack failed; retrying");
+                        // Wait, but take newer acks meanwhile: they cover this one.
+                        tokio::select! {
+                            () = backoff.wait() => {}
+                            t = acks.recv() => match t {
+                                Some(t) => up_to = up_to.max(t.seq),
+                                None => {}
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `e` and its sources, e.g. "transport error: tcp connect error: Connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
