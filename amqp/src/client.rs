@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 
 use crate::AmqpConfig;
 use crate::error::{AmqpError, rejected};
-use crate::server::{connection_properties, redact};
+use crate::server::{close_connection, connection_properties, redact};
 use crate::topology::{self, Names};
 
 /// How long one broker connection attempt may take.
@@ -155,7 +155,7 @@ impl Link {
         {
             t.abort();
         }
-        let _ = self.conn.close(200, "amqp-client closing".into()).await;
+        close_connection(&self.conn, "amqp-client closing").await;
     }
 }
 

@@ -158,8 +158,17 @@ pub async fn health(config: &AmqpConfig) -> Result<String, AmqpError> {
             names.server_queue()
         ))),
     };
-    let _ = conn.close(200, "health check done".into()).await;
+    close_connection(&conn, "health check done").await;
     result
+}
+
+/// Most time a graceful connection close may take: lapin can wait for a
+/// `close-ok` forever when the socket died while the close was being sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes `conn` politely if it is still up, without ever hanging.
+pub(crate) async fn close_connection(conn: &Connection, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, why.into())).await;
 }
 
 pub(crate) fn connection_properties(name: &str) -> ConnectionProperties {
@@ -309,7 +318,7 @@ async fn serve(
     let (consume, publish, admin, mut consumer) = match setup.await {
         Ok(parts) => parts,
         Err(e) => {
-            let _ = conn.close(200, "amqp-server closing".into()).await;
+            close_connection(conn, "amqp-server closing").await;
             return Outcome::Lost(e.to_string());
         }
     };
@@ -358,7 +367,7 @@ async fn serve(
     forwarder.abort();
     // Closed while the channels are still open, so that lapin does not see
     // them close underneath a closing connection.
-    let _ = conn.close(200, "amqp-server closing".into()).await;
+    close_connection(conn, "amqp-server closing").await;
     outcome
 }
 

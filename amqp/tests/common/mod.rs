@@ -2,6 +2,8 @@
 //! even when the test fails), an in-process server, the real `amqp-server`
 //! binary, and a TCP proxy that can cut connections to simulate losing the
 //! broker without disturbing the other tests that share it.
+//!
+//! `TEST_LOG=1` (with `RUST_LOG`) prints the library's logs while debugging.
 
 #![allow(dead_code)]
 
@@ -125,6 +127,9 @@ pub struct InProcessServer {
 
 impl InProcessServer {
     pub async fn start(config: AmqpConfig) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            chat_core::telemetry::init("info");
+        }
         let data_dir = tempfile::tempdir().unwrap();
         let server = ChatServer::open(ServerConfig::new(data_dir.path())).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
