@@ -281,10 +281,11 @@ async fn interactive<C: ChatClient>(
     }
 
     let mut sends: JoinSet<()> = JoinSet::new();
-    if let Some(peer) = demo {
+    let mut lanes = Lanes::new();
+    let demo = demo.map(|peer| {
         let (client, out) = (client.clone(), out.clone());
-        sends.spawn(async move { run_demo(&client, &out, &peer).await });
-    }
+        tokio::spawn(async move { run_demo(&client, &out, &peer).await })
+    });
     let mut last_to: Option<ClientId> = None;
     let mut input_open = true;
     let shutdown = crate::signal::shutdown_signal();
@@ -308,7 +309,7 @@ async fn interactive<C: ChatClient>(
             },
             input = lines.recv(), if input_open => match input {
                 Some(Input::Line(line)) => {
-                    if !handle_line(&client, &out, &mut sends, &mut last_to, &line) {
+                    if !handle_line(&client, &out, &mut sends, &mut lanes, &mut last_to, &line) {
                         break;
                     }
                 }
@@ -318,7 +319,11 @@ async fn interactive<C: ChatClient>(
             () = &mut shutdown => break,
         }
     }
+    if let Some(demo) = demo {
+        demo.abort();
+    }
     // Messages typed before leaving are still on their way: let them land.
+    drop(lanes);
     while sends.join_next().await.is_some() {}
     incoming.close().await;
     Ok(())
@@ -329,6 +334,7 @@ fn handle_line<C: ChatClient>(
     client: &C,
     out: &Output,
     sends: &mut JoinSet<()>,
+    lanes: &mut Lanes,
     last_to: &mut Option<ClientId>,
     line: &str,
 ) -> bool {
@@ -395,15 +401,28 @@ fn handle_line<C: ChatClient>(
         }
     };
     *last_to = Some(to.clone());
-    let (client, out) = (client.clone(), out.clone());
-    sends.spawn(async move {
-        match client.send(&to, &text).await {
-            Ok(accepted) => out.accepted(&to, &accepted),
-            Err(e) => out.error(&e),
-        }
+    let lane = lanes.entry(to.clone()).or_insert_with(|| {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (client, out) = (client.clone(), out.clone());
+        sends.spawn(async move {
+            while let Some(text) = rx.recv().await {
+                match client.send(&to, &text).await {
+                    Ok(accepted) => out.accepted(&to, &accepted),
+                    Err(e) => out.error(&e),
+                }
+            }
+        });
+        tx
     });
+    let _ = lane.send(text);
     true
 }
+
+/// One ordered send queue per recipient: typing never waits, different
+/// recipients proceed in parallel, and one recipient gets its messages in
+/// the order they were typed (two concurrent RPCs could be accepted in
+/// either order).
+type Lanes = std::collections::HashMap<ClientId, mpsc::UnboundedSender<String>>;
 
 async fn run_demo<C: ChatClient>(client: &C, out: &Output, peer: &str) {
     let peer = match ClientId::parse(peer) {
@@ -489,19 +508,18 @@ struct Output {
 
 impl Output {
     fn new(json: bool, tty: bool) -> (Self, Option<rustyline::DefaultEditor>) {
-        if tty {
-            if let Ok(mut editor) = rustyline::DefaultEditor::new() {
-                if let Ok(p) = editor.create_external_printer() {
-                    let printer: Printer = Box::new(p);
-                    return (
-                        Self {
-                            json,
-                            printer: Some(Arc::new(Mutex::new(printer))),
-                        },
-                        Some(editor),
-                    );
-                }
-            }
+        if tty
+            && let Ok(mut editor) = rustyline::DefaultEditor::new()
+            && let Ok(p) = editor.create_external_printer()
+        {
+            let printer: Printer = Box::new(p);
+            return (
+                Self {
+                    json,
+                    printer: Some(Arc::new(Mutex::new(printer))),
+                },
+                Some(editor),
+            );
         }
         (
             Self {

@@ -79,7 +79,10 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
             }
             (Some("ack"), Some(id), Some(seq), None) => {
                 match (ClientId::parse(id), seq.parse::<u64>()) {
-                    (Ok(id), Ok(seq)) => Some(out.acks.push((id, seq))),
+                    (Ok(id), Ok(seq)) => {
+                        out.acks.push((id, seq));
+                        Some(())
+                    }
                     _ => None,
                 }
             }

@@ -423,11 +423,11 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let mut st = self.server.lock();
-        if let Some(c) = st.clients.get_mut(&self.id) {
-            if c.session == Some(self.session_no) {
-                c.session = None;
-                tracing::info!(client = %self.id, "client offline");
-            }
+        if let Some(c) = st.clients.get_mut(&self.id)
+            && c.session == Some(self.session_no)
+        {
+            c.session = None;
+            tracing::info!(client = %self.id, "client offline");
         }
     }
 }

@@ -230,14 +230,20 @@ impl GrpcClient {
     }
 
     /// Sends cumulative acks, coalescing whatever has queued up meanwhile.
+    /// A failed ack is retried with backoff (newer acks cover it); once the
+    /// consumer is gone, a few last attempts are made, then it gives up and
+    /// the server will simply deliver those messages again next time.
     async fn acknowledge(self, mut acks: AckStream) {
+        const LAST_ATTEMPTS: u32 = 5;
         let mut backoff = Backoff::new();
         while let Some(first) = acks.recv().await {
             let mut up_to = first.seq;
-            while let Some(t) = acks.try_recv() {
-                up_to = up_to.max(t.seq);
-            }
+            let mut open = true;
+            let mut attempts_left = LAST_ATTEMPTS;
             loop {
+                while let Some(t) = acks.try_recv() {
+                    up_to = up_to.max(t.seq);
+                }
                 let request = pb::AckRequest {
                     client_id: self.id.to_string(),
                     up_to_seq: up_to,
@@ -247,17 +253,21 @@ impl GrpcClient {
                         backoff.reset();
                         break;
                     }
-                    Err(s) => {
-                        tracing::debug!(status = %s, "ack failed; retrying");
-                        // Wait, but take newer acks meanwhile: they cover this one.
-                        tokio::select! {
-                            () = backoff.wait() => {}
-                            t = acks.recv() => match t {
-                                Some(t) => up_to = up_to.max(t.seq),
-                                None => {}
-                            },
-                        }
+                    Err(s) => tracing::debug!(status = %s, "ack failed; retrying"),
+                }
+                if open {
+                    tokio::select! {
+                        () = backoff.wait() => {}
+                        t = acks.recv() => match t {
+                            Some(t) => up_to = up_to.max(t.seq),
+                            None => open = false,
+                        },
                     }
+                } else if attempts_left == 0 {
+                    return;
+                } else {
+                    attempts_left -= 1;
+                    backoff.wait().await;
                 }
             }
         }

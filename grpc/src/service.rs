@@ -156,6 +156,7 @@ pub async fn run(
     health.set_serving::<ChatService<GrpcChat>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let chat = ChatService::new(GrpcChat::new(server.clone()));

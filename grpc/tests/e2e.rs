@@ -1,0 +1,262 @@
+//! The shared end-to-end scenarios (chat-testkit) against the gRPC stack,
+//! plus what only gRPC has: raw-RPC validation, garbage on the port,
+//! health, reflection.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use chat_grpc::{GrpcClient, GrpcConfig};
+use chat_proto::v1 as pb;
+use chat_testkit::{Env, Stack};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The gRPC stack: a `grpc-server` on 127.0.0.1:0 whose port is read from
+/// its "listening on" log line and kept for restarts.
+struct Grpc {
+    addr: Mutex<Option<SocketAddr>>,
+}
+
+impl Grpc {
+    fn url(&self) -> String {
+        let addr = self.addr.lock().unwrap().expect("server started");
+        format!("http://{addr}")
+    }
+}
+
+impl Stack for Grpc {
+    type Client = GrpcClient;
+
+    async fn new() -> Self {
+        Self {
+            addr: Mutex::new(None),
+        }
+    }
+
+    fn server_bin(&self) -> PathBuf {
+        env!("CARGO_BIN_EXE_grpc-server").into()
+    }
+
+    fn server_args(&self) -> Vec<String> {
+        let listen = self
+            .addr
+            .lock()
+            .unwrap()
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        vec!["--listen".into(), listen]
+    }
+
+    fn server_ready(&self, line: &str) -> bool {
+        let Some(addr) = line.split("listening on ").nth(1) else {
+            return false;
+        };
+        let addr: SocketAddr = addr.trim().parse().expect("listen address");
+        *self.addr.lock().unwrap() = Some(addr);
+        true
+    }
+
+    fn client_bin(&self) -> PathBuf {
+        env!("CARGO_BIN_EXE_grpc-client").into()
+    }
+
+    fn client_args(&self) -> Vec<String> {
+        vec!["--server".into(), self.url()]
+    }
+
+    fn client_config(&self) -> GrpcConfig {
+        GrpcConfig::new(self.url())
+    }
+}
+
+chat_testkit::chat_scenarios!(Grpc);
+
+async fn raw(env: &Env<Grpc>) -> pb::chat_client::ChatClient<tonic::transport::Channel> {
+    pb::chat_client::ChatClient::connect(env.stack.url())
+        .await
+        .expect("raw gRPC connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_requests_with_invalid_ids_are_refused() {
+    let env = Env::<Grpc>::start().await;
+    let mut rpc = raw(&env).await;
+    for bad in ["", "has space", "x".repeat(33).as_str(), "ünicode", "a/b"] {
+        let s = rpc
+            .register(pb::RegisterRequest {
+                client_id: bad.into(),
+            })
+            .await
+            .expect_err(bad);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        assert!(s.message().contains("invalid client ID"), "{}", s.message());
+    }
+    let s = rpc
+        .subscribe(pb::SubscribeRequest {
+            client_id: "no good".into(),
+            after_seq: 0,
+        })
+        .await
+        .expect_err("subscribe");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+
+    rpc.register(pb::RegisterRequest {
+        client_id: "bob".into(),
+    })
+    .await
+    .unwrap();
+    let send = |id: &str, from: &str| pb::SendRequest {
+        id: id.into(),
+        from: from.into(),
+        to: "bob".into(),
+        text: "hi".into(),
+    };
+    let s = rpc.send(send("", "bad sender")).await.expect_err("sender");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let s = rpc
+        .send(send("not-a-uuid", "alice"))
+        .await
+        .expect_err("message id");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("UUID"), "{}", s.message());
+    assert_eq!(env.log_txt(), "", "nothing refused is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_is_accepted_once() {
+    let env = Env::<Grpc>::start().await;
+    let mut rpc = raw(&env).await;
+    rpc.register(pb::RegisterRequest {
+        client_id: "bob".into(),
+    })
+    .await
+    .unwrap();
+    let request = pb::SendRequest {
+        id: chat_core::MessageId::generate().to_string(),
+        from: "alice".into(),
+        to: "bob".into(),
+        text: "once".into(),
+    };
+    let first = rpc.send(request.clone()).await.unwrap().into_inner();
+    let second = rpc.send(request.clone()).await.unwrap().into_inner();
+    assert_eq!(first, second);
+    assert_eq!(first.id, request.id);
+    assert_eq!(env.log_txt().lines().count(), 1);
+    let (_bob, mut incoming) = env.online("bob").await;
+    assert_eq!(
+        chat_testkit::env::recv_n(&mut incoming, 1).await[0].text,
+        "once"
+    );
+    chat_testkit::env::assert_no_more(&mut incoming, std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_on_the_port_do_not_hurt_the_server() {
+    let env = Env::<Grpc>::start().await;
+    let (_bob, mut bob_in) = env.online("bob").await;
+    let addr = env.stack.addr.lock().unwrap().unwrap();
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xff; 4096][..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x09\xff\xff\xff\xff\xff"[..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(garbage).await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(chat_testkit::PATIENCE, s.read_to_end(&mut sink)).await;
+    }
+    let alice = env.client("alice").await;
+    alice
+        .send(&"bob".parse().unwrap(), "still serving")
+        .await
+        .map(|_| ())
+        .unwrap_or_else(|e| panic!("{e}"));
+    use chat_core::ChatClient as _;
+    let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
+    assert_eq!(got[0].text, "still serving");
+    assert!(
+        env.server
+            .as_ref()
+            .unwrap()
+            .stderr()
+            .contains("listening on")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_subcommand_and_reflection() {
+    let env = Env::<Grpc>::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
+        .args(["health", "--url", &env.stack.url()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
+        .args(["health", "--timeout", "2", "--url", &dead_url])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("unhealthy: cannot reach"));
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(env.stack.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"chat.v1.Chat"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_gets_a_clear_error_after_retrying() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-client"))
+        .args([
+            "--server",
+            &url,
+            "--id",
+            "alice",
+            "--connect-timeout",
+            "2",
+            "list",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("retrying in"), "it retries first: {stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(last.starts_with("error: cannot reach"), "{stderr}");
+}

@@ -1,0 +1,262 @@
+//! Test environments: a stack's server as a real child process over a
+//! temporary data directory, plus clients through the trait or the binary.
+//! Every process is killed when its handle drops, so a failing test leaves
+//! nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_core::{ChatClient, ClientId, Incoming, IncomingEvent, Message};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::PATIENCE;
+
+/// One transport, as the scenarios need to know it.
+pub trait Stack: Sized + Send + Sync + 'static {
+    type Client: ChatClient;
+
+    /// A fresh, isolated environment (e.g. its own AMQP names), so tests can
+    /// run in parallel.
+    fn new() -> impl std::future::Future<Output = Self> + Send;
+
+    /// Path of the server binary.
+    fn server_bin(&self) -> PathBuf;
+    /// Arguments for the server besides `--data-dir`; after a restart the
+    /// server must be reachable at the same place.
+    fn server_args(&self) -> Vec<String>;
+    /// Environment for the server process.
+    fn server_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Sees each stderr line of a starting server; true once it is ready.
+    fn server_ready(&self, line: &str) -> bool;
+
+    /// Path of the client binary.
+    fn client_bin(&self) -> PathBuf;
+    /// Connection arguments for the client binary (`--server URL`, ...).
+    fn client_args(&self) -> Vec<String>;
+    /// Environment for client processes.
+    fn client_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Connection settings for trait clients.
+    fn client_config(&self) -> <Self::Client as ChatClient>::Config;
+}
+
+/// A running server binary. Killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub async fn start<S: Stack>(stack: &S, data_dir: &Path) -> Self {
+        let mut cmd = Command::new(stack.server_bin());
+        cmd.args(stack.server_args())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .envs(stack.server_env())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("server binary starts");
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Self { child, stderr };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut checked = 0;
+        loop {
+            let new: Vec<String> = server.stderr.lock().unwrap()[checked..].to_vec();
+            checked += new.len();
+            if new.iter().any(|l| stack.server_ready(l)) {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "server exited with {status} before it was ready:\n{}",
+                    server.stderr()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server not ready within {PATIENCE:?}:\n{}",
+                server.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: the process gets no chance to flush or say goodbye.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("server ignored SIGTERM:\n{}", self.stderr()))
+            .expect("wait")
+    }
+}
+
+/// A stack, its server process and the server's data directory.
+pub struct Env<S: Stack> {
+    pub stack: S,
+    pub dir: tempfile::TempDir,
+    pub server: Option<ServerProcess>,
+}
+
+impl<S: Stack> Env<S> {
+    pub async fn start() -> Self {
+        let stack = S::new().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = ServerProcess::start(&stack, dir.path()).await;
+        Self {
+            stack,
+            dir,
+            server: Some(server),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server again on the same data directory and endpoint.
+    pub async fn restart(&mut self) {
+        assert!(self.server.is_none(), "stop the server first");
+        self.server = Some(ServerProcess::start(&self.stack, self.dir.path()).await);
+    }
+
+    pub fn take_server(&mut self) -> ServerProcess {
+        self.server.take().expect("server running")
+    }
+
+    /// A connected (not yet online) trait client.
+    pub async fn client(&self, id: &str) -> S::Client {
+        let id = ClientId::parse(id).expect("valid test id");
+        tokio::time::timeout(
+            PATIENCE,
+            S::Client::connect(&self.stack.client_config(), id),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect")
+    }
+
+    /// A client that is online, with its incoming stream.
+    pub async fn online(&self, id: &str) -> (S::Client, Incoming) {
+        let client = self.client(id).await;
+        let incoming = tokio::time::timeout(PATIENCE, client.join())
+            .await
+            .expect("join in time")
+            .expect("join");
+        (client, incoming)
+    }
+
+    pub fn log_txt(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log.txt")).unwrap_or_default()
+    }
+
+    /// The client binary with this stack's connection arguments.
+    pub fn cli(&self, id: &str) -> Command {
+        let mut cmd = Command::new(self.stack.client_bin());
+        cmd.args(self.stack.client_args())
+            .args(["--id", id])
+            .envs(self.stack.client_env())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the client binary to completion (within [`PATIENCE`]).
+    pub async fn run_cli(&self, id: &str, args: &[&str]) -> std::process::Output {
+        let child = self
+            .cli(id)
+            .args(args)
+            .spawn()
+            .expect("client binary starts");
+        tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("client finishes in time")
+            .expect("client output")
+    }
+}
+
+/// Receives `n` messages (acknowledging each), skipping connection events.
+pub async fn recv_n(incoming: &mut Incoming, n: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(PATIENCE, incoming.recv()).await {
+            Ok(Some(IncomingEvent::Message(d))) => {
+                out.push(d.message.clone());
+                d.ack();
+            }
+            Ok(Some(IncomingEvent::State(_))) => {}
+            Ok(None) => panic!("incoming stream ended after {} of {n} messages", out.len()),
+            Err(_) => panic!(
+                "only {} of {n} messages arrived within {PATIENCE:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+/// Asserts that no further message arrives within `quiet` (used after the
+/// expected ones, to catch duplicates; a bound on waiting, not on speed).
+pub async fn assert_no_more(incoming: &mut Incoming, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, incoming.recv()).await {
+            Err(_) | Ok(None) => return,
+            Ok(Some(IncomingEvent::State(_))) => {}
+            Ok(Some(IncomingEvent::Message(d))) => {
+                panic!("unexpected extra message: {:?}", d.message)
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds (or panics with `what` after [`PATIENCE`]).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

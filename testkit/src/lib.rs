@@ -1,0 +1,48 @@
+//! chat-testkit: the end-to-end scenarios, written once, run against both
+//! stacks.
+//!
+//! A [`Stack`] says how to start its server binary and reach it; the
+//! scenarios in [`scenarios`] then drive real server processes (so `kill -9`
+//! is a real SIGKILL) through the `ChatClient` trait and through the client
+//! binary. Each adapter crate instantiates them with
+//! [`chat_scenarios!`](crate::chat_scenarios) in its `tests/`, so "same
+//! features on both stacks" is proven by the same test code.
+
+pub mod env;
+pub mod scenarios;
+
+pub use env::{Env, ServerProcess, Stack};
+
+/// Generous upper bound for anything that should happen "soon" (a server
+/// starting, a message arriving, a client reconnecting) on a loaded 2-core
+/// machine. Reaching it fails the test; it is never used to judge speed.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Expands to one `#[tokio::test]` per scenario for the given [`Stack`] type.
+#[macro_export]
+macro_rules! chat_scenarios {
+    ($stack:ty) => {
+        $crate::chat_scenarios!(@each $stack;
+            register_list_and_online_status,
+            duplicate_online_id_is_refused,
+            two_clients_both_directions_many_in_flight,
+            offline_messages_wait_for_the_recipient,
+            history_is_own_messages_oldest_first,
+            log_txt_has_one_readable_line_per_message,
+            bad_input_is_refused_and_everyone_else_is_served,
+            kill9_and_restart_lose_nothing_and_show_nothing_twice,
+            sigterm_stops_gracefully_and_state_survives,
+            cli_piped_stdin_and_listen,
+            cli_one_shot_commands_and_json,
+            cli_errors_are_one_line_with_exit_codes,
+        );
+    };
+    (@each $stack:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::scenarios::$name::<$stack>().await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,481 @@
+//! The end-to-end scenarios. Each is generic over a [`Stack`] and talks to
+//! a real server process, through the `ChatClient` trait or the client
+//! binary.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chat_core::log_line::parse_line;
+use chat_core::message::parse_timestamp;
+use chat_core::{ChatClient, ClientId, ClientInfo, ErrorCode, Incoming};
+use futures::future::join_all;
+use tokio::io::AsyncWriteExt;
+
+use crate::PATIENCE;
+use crate::env::{Env, Stack, assert_no_more, eventually, recv_n};
+
+/// How long to keep listening for duplicates after the expected messages.
+const QUIET: Duration = Duration::from_secs(2);
+
+fn id(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+fn info(list: &[ClientInfo]) -> Vec<(String, bool)> {
+    list.iter().map(|c| (c.id.to_string(), c.online)).collect()
+}
+
+/// Joins as `name`, retrying while the server still sees an earlier
+/// session of the same ID online (it notices a departure asynchronously).
+async fn online_when_free<S: Stack>(env: &Env<S>, name: &str) -> (S::Client, Incoming) {
+    let client = env.client(name).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match client.join().await {
+            Ok(incoming) => return (client, incoming),
+            Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
+                assert!(tokio::time::Instant::now() < deadline, "{name} never freed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("join {name}: {e}"),
+        }
+    }
+}
+
+/// Registers `name` and leaves at once (so it is registered and offline).
+async fn register_offline<S: Stack>(env: &Env<S>, name: &str) {
+    let (_client, incoming) = env.online(name).await;
+    incoming.close().await;
+}
+
+pub async fn register_list_and_online_status<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (alice, _alice_in) = env.online("alice").await;
+    let (_bob, bob_in) = env.online("bob").await;
+    assert_eq!(
+        info(&alice.list_clients().await.unwrap()),
+        vec![("alice".into(), true), ("bob".into(), true)]
+    );
+
+    bob_in.close().await;
+    eventually("bob shows offline after leaving", || async {
+        info(&alice.list_clients().await.unwrap())
+            == vec![("alice".into(), true), ("bob".into(), false)]
+    })
+    .await;
+
+    // New clients can be registered at any time.
+    let (carol, _carol_in) = env.online("carol").await;
+    let list = info(&carol.list_clients().await.unwrap());
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert!(list.contains(&("carol".into(), true)), "{list:?}");
+}
+
+pub async fn duplicate_online_id_is_refused<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (_first, first_in) = env.online("alice").await;
+    let second = env.client("alice").await;
+    let err = second
+        .join()
+        .await
+        .expect_err("a second alice must be refused");
+    assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err}");
+    assert!(err.to_string().contains("online already"), "{err}");
+
+    // Once the first leaves, the ID can be resumed.
+    first_in.close().await;
+    let (_again, _in) = online_when_free(&env, "alice").await;
+}
+
+pub async fn two_clients_both_directions_many_in_flight<S: Stack>() {
+    const N: usize = 100;
+    let env = Env::<S>::start().await;
+    let (alice, mut alice_in) = env.online("alice").await;
+    let (bob, mut bob_in) = env.online("bob").await;
+
+    // All sends in flight at once, in both directions.
+    let to_bob = join_all((0..N).map(|i| {
+        let alice = alice.clone();
+        async move { alice.send(&id("bob"), &format!("a{i}")).await.unwrap().id }
+    }));
+    let to_alice = join_all((0..N).map(|i| {
+        let bob = bob.clone();
+        async move { bob.send(&id("alice"), &format!("b{i}")).await.unwrap().id }
+    }));
+    let (sent_to_bob, sent_to_alice, got_bob, got_alice) = tokio::join!(
+        to_bob,
+        to_alice,
+        recv_n(&mut bob_in, N),
+        recv_n(&mut alice_in, N)
+    );
+
+    for (sent, got, from) in [
+        (&sent_to_bob, &got_bob, "alice"),
+        (&sent_to_alice, &got_alice, "bob"),
+    ] {
+        let sent: HashSet<_> = sent.iter().copied().collect();
+        let got_ids: HashSet<_> = got.iter().map(|m| m.id).collect();
+        assert_eq!(sent.len(), N, "message IDs are unique");
+        assert_eq!(got_ids, sent, "each accepted message arrives exactly once");
+        assert!(got.iter().all(|m| m.from.as_str() == from));
+        assert!(
+            got.windows(2).all(|w| w[0].seq < w[1].seq),
+            "per-recipient order by seq"
+        );
+    }
+    assert_no_more(&mut bob_in, QUIET).await;
+    assert_no_more(&mut alice_in, QUIET).await;
+}
+
+pub async fn offline_messages_wait_for_the_recipient<S: Stack>() {
+    let env = Env::<S>::start().await;
+    register_offline(&env, "bob").await;
+    let alice = env.client("alice").await;
+    for text in ["while", "you were", "away"] {
+        alice.send(&id("bob"), text).await.unwrap();
+    }
+
+    let (_bob, mut bob_in) = online_when_free(&env, "bob").await;
+    let got = recv_n(&mut bob_in, 3).await;
+    let texts: Vec<_> = got.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["while", "you were", "away"]);
+    assert_no_more(&mut bob_in, QUIET).await;
+
+    // Shown and acknowledged: coming back again shows nothing twice.
+    bob_in.close().await;
+    let (_bob, mut bob_in) = online_when_free(&env, "bob").await;
+    assert_no_more(&mut bob_in, QUIET).await;
+}
+
+pub async fn history_is_own_messages_oldest_first<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (alice, _a) = env.online("alice").await;
+    let (bob, _b) = env.online("bob").await;
+    for text in ["h1", "h2", "h3"] {
+        alice.send(&id("bob"), text).await.unwrap();
+    }
+    bob.send(&id("alice"), "b1").await.unwrap();
+
+    let history = alice.history().await.unwrap();
+    let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["h1", "h2", "h3"]);
+    assert!(
+        history
+            .iter()
+            .all(|m| m.from.as_str() == "alice" && m.to.as_str() == "bob")
+    );
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
+    );
+    let ids: HashSet<_> = history.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 3);
+
+    let texts: Vec<_> = bob
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["b1"]);
+    assert!(
+        env.client("nobody")
+            .await
+            .history()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn log_txt_has_one_readable_line_per_message<S: Stack>() {
+    let env = Env::<S>::start().await;
+    register_offline(&env, "bob").await;
+    let alice = env.client("alice").await;
+    let texts = ["plain", "two\nlines", "tab\there and a \\ backslash"];
+    let mut ids = Vec::new();
+    for text in texts {
+        ids.push(alice.send(&id("bob"), text).await.unwrap().id);
+    }
+
+    let log = env.log_txt();
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per message:\n{log}");
+    assert!(log.ends_with('\n'));
+    for ((line, text), id) in lines.iter().zip(texts).zip(&ids) {
+        let ts = line.split(' ').next().unwrap();
+        assert!(parse_timestamp(ts).is_some() && ts.ends_with('Z'), "{line}");
+        assert!(line.contains(&id.to_string()), "{line}");
+        assert!(line.contains(" alice -> bob: "), "{line}");
+        let parsed = parse_line(line).expect("the line parses back");
+        assert_eq!(parsed.text, text);
+        assert_eq!(parsed.id, *id);
+    }
+    assert!(
+        lines[1].ends_with("alice -> bob: two\\nlines"),
+        "{}",
+        lines[1]
+    );
+}
+
+pub async fn bad_input_is_refused_and_everyone_else_is_served<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (_bob, mut bob_in) = env.online("bob").await;
+    let alice = env.client("alice").await;
+    let max = chat_core::limits::DEFAULT_MAX_TEXT_BYTES;
+
+    let cases = [
+        ("", "empty"),
+        ("  \n ", "empty"),
+        (&"x".repeat(max + 1) as &str, "over the limit"),
+    ];
+    for (text, why) in cases {
+        let err = alice.send(&id("bob"), text).await.expect_err(why);
+        assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{why}: {err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    let err = alice
+        .send(&id("nobody"), "hello?")
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    assert!(err.to_string().contains("nobody"), "{err}");
+
+    // The server still serves everyone, and a text at the limit is fine.
+    alice.send(&id("bob"), &"y".repeat(max)).await.unwrap();
+    alice.send(&id("bob"), "still here").await.unwrap();
+    let got = recv_n(&mut bob_in, 2).await;
+    assert_eq!(got[0].text.len(), max);
+    assert_eq!(got[1].text, "still here");
+    assert_eq!(
+        env.log_txt().lines().count(),
+        2,
+        "refused messages are not logged"
+    );
+}
+
+pub async fn kill9_and_restart_lose_nothing_and_show_nothing_twice<S: Stack>() {
+    let mut env = Env::<S>::start().await;
+    let (alice, _alice_in) = env.online("alice").await;
+    let (_bob, mut bob_in) = env.online("bob").await;
+    register_offline(&env, "carol").await;
+
+    let send_all = |range: std::ops::Range<usize>, to: &'static str| {
+        let alice = alice.clone();
+        join_all(range.map(move |i| {
+            let alice = alice.clone();
+            async move { alice.send(&id(to), &format!("m{i}")).await.unwrap().id }
+        }))
+    };
+    let mut accepted: HashSet<_> = send_all(0..20, "bob").await.into_iter().collect();
+    let for_carol: HashSet<_> = send_all(0..5, "carol").await.into_iter().collect();
+    let mut seen = recv_n(&mut bob_in, 10).await;
+
+    env.take_server().kill9().await;
+    env.restart().await;
+
+    // Clients reconnect by themselves; sending works again.
+    accepted.extend(send_all(20..40, "bob").await);
+    seen.extend(recv_n(&mut bob_in, 30).await);
+    let seen_ids: HashSet<_> = seen.iter().map(|m| m.id).collect();
+    assert_eq!(seen.len(), 40);
+    assert_eq!(
+        seen_ids, accepted,
+        "every accepted message shown exactly once"
+    );
+    assert_no_more(&mut bob_in, QUIET).await;
+
+    // Offline messages accepted before the crash wait for their recipient.
+    let (_carol, mut carol_in) = online_when_free(&env, "carol").await;
+    let got: HashSet<_> = recv_n(&mut carol_in, 5)
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, for_carol);
+    assert_no_more(&mut carol_in, QUIET).await;
+
+    assert_eq!(alice.history().await.unwrap().len(), 45);
+    assert_eq!(env.log_txt().lines().count(), 45);
+}
+
+pub async fn sigterm_stops_gracefully_and_state_survives<S: Stack>() {
+    let mut env = Env::<S>::start().await;
+    let (alice, alice_in) = env.online("alice").await;
+    register_offline(&env, "bob").await;
+    alice.send(&id("bob"), "before the restart").await.unwrap();
+
+    let status = env.take_server().terminate().await;
+    assert!(status.success(), "graceful exit, got {status}");
+    alice_in.close().await;
+
+    env.restart().await;
+    let observer = env.client("observer").await;
+    let list = info(&observer.list_clients().await.unwrap());
+    assert!(list.contains(&("alice".into(), false)), "{list:?}");
+    assert!(list.contains(&("bob".into(), false)), "{list:?}");
+    let history = env.client("alice").await.history().await.unwrap();
+    assert_eq!(history.len(), 1);
+    let (_bob, mut bob_in) = env.online("bob").await;
+    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, "before the restart");
+}
+
+pub async fn cli_piped_stdin_and_listen<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let listener = env
+        .cli("bob")
+        .args(["--json", "listen", "--count", "2"])
+        .spawn()
+        .unwrap();
+    let observer = env.client("observer").await;
+    eventually("bob is online", || async {
+        info(&observer.list_clients().await.unwrap()).contains(&("bob".into(), true))
+    })
+    .await;
+
+    let mut alice = env
+        .cli("alice")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = alice.stdin.take().unwrap();
+    stdin
+        .write_all(b"/msg bob hello from a pipe\nand a second line\n/quit\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(PATIENCE, alice.wait_with_output())
+        .await
+        .expect("alice exits after /quit")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("sent to bob").count(), 2, "{stdout}");
+
+    let out = tokio::time::timeout(PATIENCE, listener.wait_with_output())
+        .await
+        .expect("listen --count 2 exits")
+        .unwrap();
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let texts: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| (e["from"].as_str().unwrap(), e["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("alice", "hello from a pipe"),
+            ("alice", "and a second line")
+        ]
+    );
+    for e in events.iter().filter(|e| e["event"] == "message") {
+        assert!(e["id"].as_str().is_some_and(|s| s.len() == 36), "{e}");
+        assert!(
+            e["timestamp"]
+                .as_str()
+                .is_some_and(|s| parse_timestamp(s).is_some()),
+            "{e}"
+        );
+    }
+}
+
+pub async fn cli_one_shot_commands_and_json<S: Stack>() {
+    let env = Env::<S>::start().await;
+    register_offline(&env, "bob").await;
+
+    let out = env.run_cli("alice", &["send", "bob", "hi", "there"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent to bob"));
+
+    let out = env
+        .run_cli("alice", &["--json", "send", "bob", "second"])
+        .await;
+    assert!(out.status.success());
+    let accepted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(accepted["event"], "accepted");
+    assert_eq!(accepted["to"], "bob");
+    assert_eq!(accepted["id"].as_str().unwrap().len(), 36);
+
+    let out = env.run_cli("alice", &["--json", "list"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["event"], "clients");
+    let ids: Vec<_> = list["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["alice", "bob"]);
+
+    let out = env.run_cli("alice", &["--json", "history"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history["event"], "history");
+    let texts: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["hi there", "second"]);
+
+    let out = env.run_cli("alice", &["history"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("-> bob: hi there"), "{text}");
+
+    let out = env
+        .run_cli("bob", &["listen", "--count", "2", "--timeout", "60"])
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("alice: hi there") && text.contains("alice: second"),
+        "{text}"
+    );
+}
+
+pub async fn cli_errors_are_one_line_with_exit_codes<S: Stack>() {
+    let env = Env::<S>::start().await;
+    register_offline(&env, "bob").await;
+    let cases: [(&str, &[&str], i32, &str); 4] = [
+        ("alice", &["send", "nobody", "hi"], 1, "unknown recipient"),
+        ("alice", &["send", "bob", " "], 1, "empty"),
+        ("bad id!", &["list"], 2, "invalid client ID"),
+        (
+            "alice",
+            &["send", "not/valid", "hi"],
+            1,
+            "invalid client ID",
+        ),
+    ];
+    for (who, args, code, needle) in cases {
+        let out = env.run_cli(who, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
+    let out = env
+        .run_cli("alice", &["--json", "send", "nobody", "hi"])
+        .await;
+    let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(event["event"], "error");
+    assert_eq!(event["code"], "NOT_FOUND");
+}
