@@ -430,3 +430,51 @@ async fn a_client_whose_id_was_taken_while_away_is_closed() {
     assert!(closed, "the stream ended without saying why");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_send_is_accepted_once() {
+    let ns = Namespace::new();
+    ns.track("alice");
+    let server = InProcessServer::start(ns.config()).await;
+    wait_healthy(&ns.config()).await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    let mut peer = RawPeer::new(&ns.url).await;
+    let body = request(pb::request::Body::Send(pb::SendRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        from: "alice".into(),
+        to: "bob".into(),
+        text: "once".into(),
+    }));
+    let first = peer.ask(&ns.queue("server"), &body, None).await;
+    let again = peer.ask(&ns.queue("server"), &body, None).await;
+    assert!(
+        matches!(first.body, Some(pb::reply::Body::Send(_))),
+        "{first:?}"
+    );
+    assert_eq!(first, again, "same id, same answer");
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "once");
+    assert_quiet(&mut b_in, Duration::from_millis(500)).await;
+    let _ = peer.conn.close(200, "done".into()).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
+    let ns = Namespace::new();
+    let server = InProcessServer::start(ns.config()).await;
+    let alice = ns.client("alice").await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    let peer = RawPeer::new(&ns.url).await;
+    peer.publish(
+        &ns.queue("client.bob"),
+        b"\xff\x00 not a ChatMessage",
+        BasicProperties::default(),
+    )
+    .await;
+    alice.send(&id("bob"), "real").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "real");
+    let _ = peer.conn.close(200, "done".into()).await;
+    server.stop().await;
+}

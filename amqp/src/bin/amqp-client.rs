@@ -26,7 +26,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    chat_core::telemetry::init("warn");
+    // lapin logs every lost connection at ERROR; the CLI already shows
+    // "reconnecting" itself, so its lines would only garble the prompt.
+    chat_core::telemetry::init("warn,lapin=off");
     let endpoint = chat_amqp::server::redact(&args.amqp_url);
     let config = AmqpConfig::new(args.amqp_url, args.namespace);
     cli::run::<AmqpClient>(config, endpoint, args.client).await
