@@ -114,11 +114,9 @@ async fn piped_input_sends_every_line() {
         .unwrap();
     drop(stdin);
     let got = recv_n(&mut b_in, 2).await;
-    // The CLI sends each line as its own concurrent request, so two lines
-    // typed quickly may be accepted in either order.
-    let mut texts: Vec<_> = got.iter().map(|m| m.text.as_str()).collect();
-    texts.sort_unstable();
-    assert_eq!(texts, ["and again", "hello"]);
+    // One recipient gets the lines in the order they were typed.
+    let texts: Vec<_> = got.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["hello", "and again"]);
     let out = tokio::time::timeout(WAIT, alice.wait_with_output())
         .await
         .unwrap()
