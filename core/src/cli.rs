@@ -696,7 +696,7 @@ impl Event<'_> {
                 let mut s = format!("* {} client(s):", clients.len());
                 for c in clients.iter() {
                     let status = if c.online { "online" } else { "offline" };
-                    s.push_str(&format!("\n  {:<32} {status}", c.id));
+                    s.push_str(&format!("\n  {:<32} {status}", c.id.as_str()));
                 }
                 s
             }

@@ -462,3 +462,124 @@ impl ServerArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use std::io::Write as _;
+
+    fn send_req(from: &str, to: &str, text: &str) -> pb::SendRequest {
+        pb::SendRequest {
+            id: String::new(),
+            from: from.into(),
+            to: to.into(),
+            text: text.into(),
+        }
+    }
+
+    async fn open(dir: &Path) -> ChatServer {
+        ChatServer::open(ServerConfig::new(dir)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn replay_restores_registrations_histories_and_unacked_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path()).await;
+            assert!(s.register("bob").await.unwrap());
+            assert!(!s.register("bob").await.unwrap(), "resumed, not new");
+            for text in ["one", "two", "three"] {
+                s.send(send_req("alice", "bob", text)).await.unwrap();
+            }
+            s.ack("bob", 1).await.unwrap();
+        }
+        let s = open(dir.path()).await;
+        let ids: Vec<_> = s.list().into_iter().map(|c| c.id.to_string()).collect();
+        assert_eq!(ids, ["alice", "bob"]);
+        let texts: Vec<_> = s
+            .history("alice")
+            .unwrap()
+            .iter()
+            .map(|m| m.text.clone())
+            .collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+        let pending: Vec<_> = s
+            .undelivered()
+            .iter()
+            .map(|m| (m.seq, m.text.clone()))
+            .collect();
+        assert_eq!(pending, [(2, "two".to_owned()), (3, "three".to_owned())]);
+
+        let mut session = s.connect("bob", 0).await.unwrap();
+        let batch = session.next_batch().await.unwrap();
+        assert_eq!(batch.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        // After a restart, seqs continue where they were.
+        let m = s.send(send_req("alice", "bob", "four")).await.unwrap();
+        assert_eq!(m.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path()).await;
+            s.register("bob").await.unwrap();
+            s.send(send_req("alice", "bob", "kept")).await.unwrap();
+        }
+        let log = dir.path().join(journal::LOG_FILE);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"2026-11-27T09:00:00.000Z 0193").unwrap();
+        drop(f);
+
+        let s = open(dir.path()).await;
+        assert_eq!(s.history("alice").unwrap().len(), 1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.ends_with('\n'), "file cut back to the last full line");
+        s.send(send_req("alice", "bob", "next")).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_line_stops_the_server_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(journal::LOG_FILE),
+            "this is not a log line\n",
+        )
+        .unwrap();
+        let err = ChatServer::open(ServerConfig::new(dir.path()))
+            .err()
+            .expect("refuses to guess");
+        let msg = err.to_string();
+        assert!(msg.contains("log.txt") && msg.contains("line 1"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn mailbox_limit_and_online_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        config.limits.max_pending = 2;
+        let s = ChatServer::open(config).unwrap();
+        s.register("bob").await.unwrap();
+        s.send(send_req("alice", "bob", "1")).await.unwrap();
+        s.send(send_req("alice", "bob", "2")).await.unwrap();
+        let err = s.send(send_req("alice", "bob", "3")).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ResourceExhausted);
+        s.ack("bob", 1).await.unwrap();
+        s.send(send_req("alice", "bob", "3")).await.unwrap();
+
+        let session = s.connect("bob", 0).await.unwrap();
+        assert!(matches!(
+            s.connect("bob", 0).await,
+            Err(ChatError::AlreadyOnline(_))
+        ));
+        assert!(matches!(
+            s.register("bob").await,
+            Err(ChatError::AlreadyOnline(_))
+        ));
+        drop(session);
+        assert!(s.connect("bob", 0).await.is_ok(), "free again once it left");
+    }
+}
