@@ -69,4 +69,15 @@ else
   say "broker is up at $host:$port"
 fi
 
-exec cargo test --workspace "$@"
+# cargo prints one "test result" line per test binary; the last of them is
+# often a doc-test run with 0 tests, so finish with the totals.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+grep -E '^test result:' "$log" \
+  | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
+  | awk '{ p += $1; f += $2 } END { printf "%d passed, %d failed\n", p, f }'
+exit "$status"
