@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod exit;
 pub mod id;
 pub mod journal;
 pub mod limits;

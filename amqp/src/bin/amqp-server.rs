@@ -39,26 +39,12 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let config = AmqpConfig::new(args.amqp_url.clone(), args.namespace.clone());
     if let Some(Command::Health) = args.command {
-        return match chat_amqp::health(&config).await {
-            Ok(line) => {
-                eprintln!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("unhealthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return chat_core::exit::health(
+            chat_amqp::health(&config).await.map_err(|e| e.to_string()),
+        );
     }
     chat_core::telemetry::init("info");
-    match serve(config, args.server).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("amqp-server: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    chat_core::exit::server("amqp-server", serve(config, args.server).await)
 }
 
 async fn serve(config: AmqpConfig, args: ServerArgs) -> anyhow::Result<()> {

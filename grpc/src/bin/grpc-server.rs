@@ -38,7 +38,7 @@ enum Command {
         )]
         url: String,
         /// Seconds to wait for an answer.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, env = "CHAT_HEALTH_TIMEOUT", default_value_t = 3)]
         timeout: u64,
     },
 }
@@ -47,26 +47,11 @@ enum Command {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Health { url, timeout }) = args.command {
-        return match chat_grpc::health::check(&url, Duration::from_secs(timeout)).await {
-            Ok(()) => {
-                eprintln!("ok: {url} is serving");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("unhealthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        let result = chat_grpc::health::check(&url, Duration::from_secs(timeout)).await;
+        return chat_core::exit::health(result.map(|()| format!("ok: {url} is serving")));
     }
     chat_core::telemetry::init("info");
-    match serve(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("grpc-server: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    chat_core::exit::server("grpc-server", serve(args).await)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
