@@ -35,6 +35,7 @@ macro_rules! chat_scenarios {
             cli_piped_stdin_and_listen,
             cli_one_shot_commands_and_json,
             cli_errors_are_one_line_with_exit_codes,
+            cli_keeps_listening_across_a_server_crash,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

@@ -479,3 +479,40 @@ pub async fn cli_errors_are_one_line_with_exit_codes<S: Stack>() {
     assert_eq!(event["event"], "error");
     assert_eq!(event["code"], "NOT_FOUND");
 }
+
+pub async fn cli_keeps_listening_across_a_server_crash<S: Stack>() {
+    let mut env = Env::<S>::start().await;
+    let listener = env
+        .cli("bob")
+        .args(["--json", "listen", "--count", "2"])
+        .spawn()
+        .unwrap();
+    let alice = env.client("alice").await;
+    eventually("bob is online", || async {
+        info(&alice.list_clients().await.unwrap()).contains(&("bob".into(), true))
+    })
+    .await;
+    alice.send(&id("bob"), "before the crash").await.unwrap();
+
+    env.take_server().kill9().await;
+    env.restart().await;
+    let alice = env.client("alice").await;
+    alice.send(&id("bob"), "after the crash").await.unwrap();
+
+    let out = tokio::time::timeout(PATIENCE, listener.wait_with_output())
+        .await
+        .expect("the client reconnected by itself and got both messages")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let texts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["before the crash", "after the crash"]);
+}
