@@ -102,7 +102,7 @@ wait_logtxt() {
 }
 
 # Types $2 into the running client service $1 through `docker attach`, then
-# detaches with Ctrl-P Ctrl-Q, as a person would (docs/docker.md). `script`
+# detaches with Ctrl-P Ctrl-Q, as a person would (README.md, "Attaching to a client"). `script`
 # gives `docker attach` the terminal it insists on (sized like a real one);
 # `docker attach` says "read escape sequence" when it detaches.
 type_into() {

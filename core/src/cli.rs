@@ -7,7 +7,11 @@
 //!
 //! Interactive use on a terminal goes through rustyline, whose external
 //! printer redraws the prompt and the half-typed line after each incoming
-//! message, so arrivals never garble what the user is typing. When stdin is
+//! message, so arrivals never garble what the user is typing. The line
+//! editor starts after the user's first line (Enter is enough): until then
+//! output is plain lines, so a client on a TTY nobody has typed into yet
+//! (a container under `docker compose up`) logs cleanly, without prompt
+//! redraws. When stdin is
 //! not a terminal (a pipe, a container without TTY) lines are read plainly
 //! and the client keeps printing arrivals after input ends, until `/quit`,
 //! SIGINT or SIGTERM.
@@ -106,7 +110,7 @@ pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: Clien
         && !args.json
         && std::io::stdin().is_terminal()
         && std::io::stdout().is_terminal();
-    let (out, editor) = Output::new(args.json, interactive_tty);
+    let out = Output::new(args.json);
 
     let id = match &args.id {
         Some(raw) => match ClientId::parse(raw) {
@@ -157,7 +161,7 @@ pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: Clien
             )
             .await
         }
-        None => interactive(client, out.clone(), editor, &endpoint, args.demo).await,
+        None => interactive(client, out.clone(), interactive_tty, &endpoint, args.demo).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,7 +264,7 @@ enum Input {
 async fn interactive<C: ChatClient>(
     client: C,
     out: Output,
-    editor: Option<rustyline::DefaultEditor>,
+    tty: bool,
     endpoint: &str,
     demo: Option<String>,
 ) -> Result<(), ClientError> {
@@ -268,16 +272,17 @@ async fn interactive<C: ChatClient>(
     out.emit(&Event::Joined {
         id: client.id().as_str(),
     });
-    if editor.is_some() {
+    if tty {
         out.emit(&Event::Info {
-            message: "type /help for commands".into(),
+            message: "press Enter for a prompt; /help lists the commands".into(),
         });
     }
 
     let (line_tx, mut lines) = mpsc::channel::<Input>(64);
-    match editor {
-        Some(editor) => spawn_editor(editor, line_tx, client.id().to_string()),
-        None => spawn_stdin_reader(line_tx),
+    if tty {
+        spawn_editor(out.clone(), line_tx, client.id().to_string());
+    } else {
+        spawn_stdin_reader(line_tx);
     }
 
     let mut sends: JoinSet<()> = JoinSet::new();
@@ -469,9 +474,35 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
     });
 }
 
-fn spawn_editor(mut editor: rustyline::DefaultEditor, tx: mpsc::Sender<Input>, id: String) {
-    let prompt = format!("{id}> ");
+/// Reads the user's first line plainly, then runs rustyline on a thread of
+/// its own, its external printer taking over the output.
+fn spawn_editor(out: Output, tx: mpsc::Sender<Input>, id: String) {
     std::thread::spawn(move || {
+        // The first line is read plainly (the terminal is still in cooked
+        // mode); an empty one just brings up the prompt.
+        let mut first = String::new();
+        match std::io::stdin().read_line(&mut first) {
+            Ok(0) | Err(_) => {
+                let _ = tx.blocking_send(Input::Eof);
+                return;
+            }
+            Ok(_) => {
+                if tx.blocking_send(Input::Line(first)).is_err() {
+                    return;
+                }
+            }
+        }
+        let mut editor = match rustyline::DefaultEditor::new() {
+            Ok(e) => e,
+            Err(e) => {
+                out.error_text(&format!("cannot start the line editor: {e}"));
+                return;
+            }
+        };
+        if let Ok(p) = editor.create_external_printer() {
+            out.set_printer(Box::new(p));
+        }
+        let prompt = format!("{id}> ");
         loop {
             match editor.readline(&prompt) {
                 Ok(line) => {
@@ -480,11 +511,7 @@ fn spawn_editor(mut editor: rustyline::DefaultEditor, tx: mpsc::Sender<Input>, i
                         return;
                     }
                 }
-                // Ctrl-C and Ctrl-D leave, like /quit.
-                Err(rustyline::error::ReadlineError::Interrupted) => {
-                    let _ = tx.blocking_send(Input::Line("/quit".into()));
-                    return;
-                }
+                // Ctrl-C, Ctrl-D (and a terminal that went away) leave, like /quit.
                 Err(_) => {
                     let _ = tx.blocking_send(Input::Line("/quit".into()));
                     return;
@@ -499,35 +526,23 @@ fn spawn_editor(mut editor: rustyline::DefaultEditor, tx: mpsc::Sender<Input>, i
 type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
 
 /// Where events go: stdout as text or JSON lines, or through rustyline's
-/// printer while the user is typing.
+/// printer once the line editor runs.
 #[derive(Clone)]
 struct Output {
     json: bool,
-    printer: Option<Arc<Mutex<Printer>>>,
+    printer: Arc<Mutex<Option<Printer>>>,
 }
 
 impl Output {
-    fn new(json: bool, tty: bool) -> (Self, Option<rustyline::DefaultEditor>) {
-        if tty
-            && let Ok(mut editor) = rustyline::DefaultEditor::new()
-            && let Ok(p) = editor.create_external_printer()
-        {
-            let printer: Printer = Box::new(p);
-            return (
-                Self {
-                    json,
-                    printer: Some(Arc::new(Mutex::new(printer))),
-                },
-                Some(editor),
-            );
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            printer: Arc::default(),
         }
-        (
-            Self {
-                json,
-                printer: None,
-            },
-            None,
-        )
+    }
+
+    fn set_printer(&self, printer: Printer) {
+        *self.printer.lock().unwrap_or_else(|e| e.into_inner()) = Some(printer);
     }
 
     fn emit(&self, event: &Event<'_>) {
@@ -540,8 +555,7 @@ impl Output {
     }
 
     fn write(&self, line: String, to_stderr: bool) {
-        if let Some(p) = &self.printer {
-            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &mut *self.printer.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = p.print(format!("{line}\n"));
             return;
         }
