@@ -23,12 +23,13 @@ pub fn from_status(status: Status, endpoint: &str) -> ClientError {
         Code::AlreadyExists => ErrorCode::AlreadyExists,
         Code::ResourceExhausted => ErrorCode::ResourceExhausted,
         Code::Internal => ErrorCode::Internal,
-        Code::DeadlineExceeded => {
-            return ClientError::Timeout(std::time::Duration::ZERO);
-        }
         // Transport failures (connection refused, reset, server gone) come
         // back as UNAVAILABLE or, mid-stream, as UNKNOWN/CANCELLED.
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
+        Code::Unavailable
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::DeadlineExceeded => {
             return ClientError::Unavailable {
                 endpoint: endpoint.to_owned(),
                 reason: status.message().to_owned(),
