@@ -549,19 +549,25 @@ impl ChatClient for AmqpClient {
         &self.shared.id
     }
 
+    async fn register(&self) -> Result<bool, ClientError> {
+        let reply = self
+            .shared
+            .request(pb::request::Body::Register(pb::RegisterRequest {
+                client_id: self.shared.id.to_string(),
+            }))
+            .await?;
+        match reply {
+            pb::reply::Body::Register(r) => Ok(r.created),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn join(&self) -> Result<Incoming, ClientError> {
         let s = &self.shared;
         if s.joined().is_some() {
             return Err(ClientError::Protocol("joined already".into()));
         }
-        let reply = s
-            .request(pb::request::Body::Register(pb::RegisterRequest {
-                client_id: s.id.to_string(),
-            }))
-            .await?;
-        if !matches!(reply, pb::reply::Body::Register(_)) {
-            return Err(unexpected(reply));
-        }
+        self.register().await?;
         let (sink, incoming, acks) = incoming_channel();
         let joined = Joined {
             sink: Arc::new(tokio::sync::Mutex::new(Some(sink))),

@@ -481,7 +481,7 @@ async fn finish_send(
         // Left unacknowledged: handled again after the restart.
         Err(ChatError::ShuttingDown) => {}
         Err(e) => {
-            tracing::debug!(error = %e, "send refused");
+            tracing::info!(error = %e, "send refused");
             g.reply(&request, error_reply(&e)).await;
             request.ack(g).await;
         }

@@ -15,6 +15,7 @@ async fn two_clients_chat_both_ways_concurrently() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut a_in = alice.join().await.unwrap();
     let mut b_in = bob.join().await.unwrap();
@@ -56,6 +57,7 @@ async fn many_sends_in_flight_arrive_once_each() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
 
@@ -86,6 +88,7 @@ async fn messages_wait_for_an_offline_recipient() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     {
         let bob = ns.client("bob").await;
         let mut b_in = bob.join().await.unwrap();
@@ -119,6 +122,7 @@ async fn list_shows_everyone_with_online_status() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let _a_in = alice.join().await.unwrap();
     let carol = ns.client("carol").await;
     let c_in = carol.join().await.unwrap();
@@ -180,6 +184,7 @@ async fn bad_input_gets_a_clear_error_and_the_server_carries_on() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
 
@@ -242,6 +247,7 @@ async fn sends_wait_in_the_broker_until_a_server_runs() {
     let server = InProcessServer::start(ns.config()).await;
     let mut b_in = pending_join.await.unwrap().unwrap();
     pending_list.await.unwrap().unwrap();
+    alice.register().await.unwrap();
     alice.send(&id("bob"), "late but there").await.unwrap();
     assert_eq!(recv_n(&mut b_in, 1).await[0].text, "late but there");
     server.stop().await;

@@ -171,6 +171,7 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
 
     // The server is still serving everyone else.
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "after the storm").await.unwrap();
@@ -216,6 +217,7 @@ async fn server_kill_9_and_restart_loses_nothing_and_shows_nothing_twice() {
     wait_healthy(&config).await;
 
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "before").await.unwrap();
@@ -273,6 +275,7 @@ async fn everyone_reconnects_after_losing_the_broker() {
     let via = ns.config_via(&client_proxy.url());
     let server = InProcessServer::start(ns.config_via(&server_proxy.url())).await;
     let alice = ns.client_with("alice", &via).await;
+    alice.register().await.unwrap();
     let bob = ns.client_with("bob", &via).await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "one").await.unwrap();
@@ -327,6 +330,7 @@ async fn unacknowledged_messages_come_back_after_a_cut_but_show_once() {
     let proxy = Proxy::start().await;
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client_with("bob", &ns.config_via(&proxy.url())).await;
     let mut b_in = bob.join().await.unwrap();
     for i in 0..5 {
@@ -440,6 +444,10 @@ async fn a_repeated_send_is_accepted_once() {
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     let mut peer = RawPeer::new(&ns.url).await;
+    let register = request(pb::request::Body::Register(pb::RegisterRequest {
+        client_id: "alice".into(),
+    }));
+    peer.ask(&ns.queue("server"), &register, None).await;
     let body = request(pb::request::Body::Send(pb::SendRequest {
         id: uuid::Uuid::now_v7().to_string(),
         from: "alice".into(),
@@ -464,6 +472,7 @@ async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.client("alice").await;
+    alice.register().await.unwrap();
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     let peer = RawPeer::new(&ns.url).await;

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
 use crate::client::{ChatClient, ClientError, ConnectionState, Incoming, IncomingEvent};
+use crate::error::ErrorCode;
 use crate::id::ClientId;
 use crate::message::{ClientInfo, Message, format_timestamp};
 
@@ -210,6 +211,13 @@ async fn one_shot_send<C: ChatClient>(
     text: &str,
 ) -> Result<(), ClientError> {
     let to = ClientId::parse(to)?;
+    // Sending needs a registered sender; an ID that is online elsewhere (the
+    // same user's interactive client) is registered already.
+    match client.register().await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {}
+        Err(e) => return Err(e),
+    }
     let accepted = client.send(&to, text).await?;
     out.accepted(&to, &accepted);
     Ok(())

@@ -35,6 +35,10 @@ pub trait ChatClient: Clone + Send + Sync + 'static {
     /// This client's ID.
     fn id(&self) -> &ClientId;
 
+    /// Registers the ID without going online (one-shot commands). Returns
+    /// whether it was new. Fails with ALREADY_EXISTS while the ID is online.
+    fn register(&self) -> impl Future<Output = Result<bool, ClientError>> + Send;
+
     /// Registers the ID (or resumes it), claims it online and starts pushing
     /// incoming messages. The returned stream survives reconnections and
     /// ends when the client is dropped or the ID is taken over.

@@ -21,6 +21,8 @@ pub enum ChatError {
     TextTooLong { len: usize, max: usize },
     #[error("unknown recipient {0:?}: no client is registered under that ID (try /list)")]
     UnknownRecipient(ClientId),
+    #[error("unknown sender {0:?}: register first (join the chat once with this ID)")]
+    UnknownSender(ClientId),
     #[error("client {0:?} is online already; pick another ID or stop the other client first")]
     AlreadyOnline(ClientId),
     #[error("recipient {0:?} has too many undelivered messages ({1}); try again later")]
@@ -45,7 +47,7 @@ impl ChatError {
             | Self::EmptyText
             | Self::TextTooLong { .. }
             | Self::Malformed(_) => ErrorCode::InvalidArgument,
-            Self::UnknownRecipient(_) => ErrorCode::NotFound,
+            Self::UnknownRecipient(_) | Self::UnknownSender(_) => ErrorCode::NotFound,
             Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
             Self::MailboxFull(..) => ErrorCode::ResourceExhausted,
             Self::ShuttingDown => ErrorCode::Unavailable,

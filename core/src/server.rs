@@ -211,19 +211,22 @@ impl ChatServer {
 
     /// Accepts a message: validates it, appends it to `log.txt` and queues it
     /// for its recipient. Returns once it is durable; delivery happens later.
-    /// An unknown (valid) sender is registered on the way.
+    /// Sender and recipient must both be registered.
     pub async fn send(&self, req: pb::SendRequest) -> Result<Arc<Message>, ChatError> {
         let from = ClientId::parse(&req.from)?;
         let to = ClientId::parse(&req.to)?;
         let id = MessageId::parse_or_generate(&req.id)?;
         self.inner.limits.check_text(&req.text)?;
-        let (message, register_rx, rx) = {
+        let (message, rx) = {
             let mut st = self.lock();
             if st.shutting_down {
                 return Err(ChatError::ShuttingDown);
             }
             if let Some(existing) = st.by_id.get(&id) {
                 return Ok(existing.clone());
+            }
+            if !st.clients.contains_key(&from) {
+                return Err(ChatError::UnknownSender(from));
             }
             let Some(recipient) = st.clients.get_mut(&to) else {
                 return Err(ChatError::UnknownRecipient(to));
@@ -235,25 +238,16 @@ impl ChatServer {
             recipient.assigned_seq += 1;
             let message = Arc::new(Message {
                 id,
-                from: from.clone(),
+                from,
                 to,
                 text: req.text,
                 timestamp_ms: now_ms(),
                 seq: recipient.assigned_seq,
             });
-            let register_rx = if st.clients.contains_key(&from) {
-                None
-            } else {
-                st.clients.entry(from.clone()).or_default();
-                Some(self.queue(Record::Register(from, now_ms())))
-            };
             st.by_id.insert(id, message.clone());
             let rx = self.queue(Record::Message(message.clone()));
-            (message, register_rx, rx)
+            (message, rx)
         };
-        if let Some(r) = register_rx {
-            self.durable(r).await?;
-        }
         self.durable(rx).await?;
         Ok(message)
     }
@@ -487,6 +481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path()).await;
+            s.register("alice").await.unwrap();
             assert!(s.register("bob").await.unwrap());
             assert!(!s.register("bob").await.unwrap(), "resumed, not new");
             for text in ["one", "two", "three"] {
@@ -524,6 +519,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path()).await;
+            s.register("alice").await.unwrap();
             s.register("bob").await.unwrap();
             s.send(send_req("alice", "bob", "kept")).await.unwrap();
         }
@@ -562,7 +558,10 @@ mod tests {
         let mut config = ServerConfig::new(dir.path());
         config.limits.max_pending = 2;
         let s = ChatServer::open(config).unwrap();
+        s.register("alice").await.unwrap();
         s.register("bob").await.unwrap();
+        let err = s.send(send_req("stranger", "bob", "hi")).await.unwrap_err();
+        assert!(matches!(err, ChatError::UnknownSender(_)), "{err}");
         s.send(send_req("alice", "bob", "1")).await.unwrap();
         s.send(send_req("alice", "bob", "2")).await.unwrap();
         let err = s.send(send_req("alice", "bob", "3")).await.unwrap_err();

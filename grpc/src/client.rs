@@ -86,15 +86,20 @@ impl ChatClient for GrpcClient {
         &self.id
     }
 
-    async fn join(&self) -> Result<Incoming, ClientError> {
-        let client_id = self.id.to_string();
-        self.rpc
+    async fn register(&self) -> Result<bool, ClientError> {
+        let reply = self
+            .rpc
             .clone()
             .register(pb::RegisterRequest {
-                client_id: client_id.clone(),
+                client_id: self.id.to_string(),
             })
             .await
             .map_err(|s| self.err(s))?;
+        Ok(reply.into_inner().created)
+    }
+
+    async fn join(&self) -> Result<Incoming, ClientError> {
+        self.register().await?;
         let stream = self.subscribe(0).await?;
         let (sink, incoming, acks) = incoming_channel();
         tokio::spawn(self.clone().receive(stream, sink));

@@ -125,11 +125,13 @@ async fn raw_requests_with_invalid_ids_are_refused() {
 async fn a_retried_send_is_accepted_once() {
     let env = Env::<Grpc>::start().await;
     let mut rpc = raw(&env).await;
-    rpc.register(pb::RegisterRequest {
-        client_id: "bob".into(),
-    })
-    .await
-    .unwrap();
+    for client_id in ["alice", "bob"] {
+        rpc.register(pb::RegisterRequest {
+            client_id: client_id.into(),
+        })
+        .await
+        .unwrap();
+    }
     let request = pb::SendRequest {
         id: chat_core::MessageId::generate().to_string(),
         from: "alice".into(),

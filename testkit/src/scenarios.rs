@@ -42,6 +42,13 @@ async fn online_when_free<S: Stack>(env: &Env<S>, name: &str) -> (S::Client, Inc
     }
 }
 
+/// A client whose ID is registered (it may send) but not online.
+async fn registered<S: Stack>(env: &Env<S>, name: &str) -> S::Client {
+    let client = env.client(name).await;
+    client.register().await.expect("register");
+    client
+}
+
 /// Registers `name` and leaves at once (so it is registered and offline).
 async fn register_offline<S: Stack>(env: &Env<S>, name: &str) {
     let (_client, incoming) = env.online(name).await;
@@ -130,7 +137,7 @@ pub async fn two_clients_both_directions_many_in_flight<S: Stack>() {
 pub async fn offline_messages_wait_for_the_recipient<S: Stack>() {
     let env = Env::<S>::start().await;
     register_offline(&env, "bob").await;
-    let alice = env.client("alice").await;
+    let alice = registered(&env, "alice").await;
     for text in ["while", "you were", "away"] {
         alice.send(&id("bob"), text).await.unwrap();
     }
@@ -193,7 +200,7 @@ pub async fn history_is_own_messages_oldest_first<S: Stack>() {
 pub async fn log_txt_has_one_readable_line_per_message<S: Stack>() {
     let env = Env::<S>::start().await;
     register_offline(&env, "bob").await;
-    let alice = env.client("alice").await;
+    let alice = registered(&env, "alice").await;
     let texts = ["plain", "two\nlines", "tab\there and a \\ backslash"];
     let mut ids = Vec::new();
     for text in texts {
@@ -223,7 +230,7 @@ pub async fn log_txt_has_one_readable_line_per_message<S: Stack>() {
 pub async fn bad_input_is_refused_and_everyone_else_is_served<S: Stack>() {
     let env = Env::<S>::start().await;
     let (_bob, mut bob_in) = env.online("bob").await;
-    let alice = env.client("alice").await;
+    let alice = registered(&env, "alice").await;
     let max = chat_core::limits::DEFAULT_MAX_TEXT_BYTES;
 
     let cases = [
@@ -487,7 +494,7 @@ pub async fn cli_keeps_listening_across_a_server_crash<S: Stack>() {
         .args(["--json", "listen", "--count", "2"])
         .spawn()
         .unwrap();
-    let alice = env.client("alice").await;
+    let alice = registered(&env, "alice").await;
     eventually("bob is online", || async {
         info(&alice.list_clients().await.unwrap()).contains(&("bob".into(), true))
     })
@@ -496,7 +503,7 @@ pub async fn cli_keeps_listening_across_a_server_crash<S: Stack>() {
 
     env.take_server().kill9().await;
     env.restart().await;
-    let alice = env.client("alice").await;
+    let alice = registered(&env, "alice").await;
     alice.send(&id("bob"), "after the crash").await.unwrap();
 
     let out = tokio::time::timeout(PATIENCE, listener.wait_with_output())
