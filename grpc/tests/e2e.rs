@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use chat_core::ChatClient as _;
 use chat_grpc::{GrpcClient, GrpcConfig};
 use chat_proto::v1 as pb;
 use chat_testkit::{Env, Stack};
@@ -167,12 +168,11 @@ async fn garbage_bytes_on_the_port_do_not_hurt_the_server() {
         let _ = tokio::time::timeout(chat_testkit::PATIENCE, s.read_to_end(&mut sink)).await;
     }
     let alice = env.client("alice").await;
+    alice.register().await.unwrap();
     alice
         .send(&"bob".parse().unwrap(), "still serving")
         .await
-        .map(|_| ())
-        .unwrap_or_else(|e| panic!("{e}"));
-    use chat_core::ChatClient as _;
+        .unwrap();
     let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
     assert_eq!(got[0].text, "still serving");
     assert!(
