@@ -87,10 +87,10 @@ pub enum Command {
     /// Go online and print incoming messages.
     Listen {
         /// Exit after this many messages.
-        #[arg(long)]
+        #[arg(long, env = "CHAT_LISTEN_COUNT")]
         count: Option<usize>,
         /// Exit after this many seconds (with an error if --count was not reached).
-        #[arg(long)]
+        #[arg(long, env = "CHAT_LISTEN_TIMEOUT")]
         timeout: Option<u64>,
     },
 }
