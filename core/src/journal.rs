@@ -7,6 +7,9 @@
 //!   mailboxes: a recipient's sequence numbers are the order of its lines.
 //! * `state.journal`: registrations (`register <unix_ms> <id>`) and delivery
 //!   cursors (`ack <id> <seq>`: everything up to `seq` reached its next hop).
+//!   Only the last ack of a client matters, so at start the file is
+//!   rewritten as a snapshot (one registration and one ack per client)
+//!   whenever that makes it shorter.
 //!
 //! All appends go through one writer thread, which takes every request that
 //! is queued, writes each file with one `write` call, optionally `fsync`s,
@@ -57,8 +60,10 @@ pub(crate) struct Job {
 /// What replay found on disk.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Registered clients in registration order.
-    pub registered: Vec<ClientId>,
+    /// Registered clients (with registration time) in registration order.
+    pub registered: Vec<(ClientId, i64)>,
+    /// Lines in `state.journal` (to decide whether compacting it pays).
+    pub state_lines: usize,
     /// Highest acknowledged seq per client.
     pub acks: Vec<(ClientId, u64)>,
     /// Every logged message in log order (seq still 0).
@@ -71,11 +76,19 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
     let mut out = Replay::default();
 
     let state = dir.join(STATE_FILE);
-    for (n, line) in read_complete_lines(&state)?.into_iter().enumerate() {
+    let state_lines = read_complete_lines(&state)?;
+    out.state_lines = state_lines.len();
+    for (n, line) in state_lines.into_iter().enumerate() {
         let mut parts = line.split(' ');
         let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("register"), Some(_ts), Some(id), None) => {
-                ClientId::parse(id).ok().map(|id| out.registered.push(id))
+            (Some("register"), Some(ts), Some(id), None) => {
+                match (ClientId::parse(id), ts.parse::<i64>()) {
+                    (Ok(id), Ok(ts)) => {
+                        out.registered.push((id, ts));
+                        Some(())
+                    }
+                    _ => None,
+                }
             }
             (Some("ack"), Some(id), Some(seq), None) => {
                 match (ClientId::parse(id), seq.parse::<u64>()) {
@@ -197,10 +210,7 @@ pub(crate) fn start_writer(
                 for job in &batch {
                     match &job.record {
                         Record::Message(m) => log_line::write_line(&mut log_buf, m),
-                        Record::Register(id, ts) => {
-                            state_buf.push_str(&format!("register {ts} {id}\n"))
-                        }
-                        Record::Ack(id, seq) => state_buf.push_str(&format!("ack {id} {seq}\n")),
+                        other => write_state_line(&mut state_buf, other),
                     }
                 }
                 let result = append(&mut state, &state_buf, durability)
@@ -227,6 +237,36 @@ pub(crate) fn start_writer(
         })
         .map_err(|e| ChatError::storage(dir, e))?;
     Ok(tx)
+}
+
+/// Appends the `state.journal` line of a registration or an ack.
+fn write_state_line(out: &mut String, record: &Record) {
+    use std::fmt::Write as _;
+    let _ = match record {
+        Record::Register(id, ts) => writeln!(out, "register {ts} {id}"),
+        Record::Ack(id, seq) => writeln!(out, "ack {id} {seq}"),
+        Record::Message(_) => Ok(()),
+    };
+}
+
+/// Replaces `state.journal` with `snapshot` (one registration and at most
+/// one ack per client), so that the acks of a long run do not make every
+/// later start slower. Atomic: written to a temporary file, synced, then
+/// renamed over the old one; a crash leaves either file whole.
+pub fn compact_state(dir: &Path, snapshot: &[Record]) -> Result<(), ChatError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let err = |e| ChatError::storage(&path, e);
+    let mut buf = String::new();
+    for record in snapshot {
+        write_state_line(&mut buf, record);
+    }
+    let mut file = File::create(&tmp).map_err(err)?;
+    file.write_all(buf.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
 }
 
 fn append(file: &mut File, buf: &str, durability: Durability) -> std::io::Result<()> {

@@ -75,6 +75,8 @@ struct State {
 
 #[derive(Default)]
 struct Client {
+    /// When the ID was first registered (Unix ms), kept through compaction.
+    registered_ms: i64,
     /// The session currently holding this ID online, if any.
     session: Option<u64>,
     /// Last seq assigned to a message for this client (committed or not).
@@ -100,8 +102,8 @@ impl ChatServer {
     pub fn open(config: ServerConfig) -> Result<Self, ChatError> {
         let replay = journal::replay(&config.data_dir)?;
         let mut state = State::default();
-        for id in replay.registered {
-            state.clients.entry(id).or_default();
+        for (id, ts) in replay.registered {
+            state.clients.entry(id).or_default().registered_ms = ts;
         }
         for (id, seq) in replay.acks {
             let c = state.clients.entry(id).or_default();
@@ -126,6 +128,17 @@ impl ChatServer {
         }
         for c in state.clients.values_mut() {
             c.acked = c.acked.min(c.assigned_seq);
+        }
+        let snapshot: Vec<Record> = state
+            .clients
+            .iter()
+            .flat_map(|(id, c)| {
+                let ack = (c.acked > 0).then(|| Record::Ack(id.clone(), c.acked));
+                std::iter::once(Record::Register(id.clone(), c.registered_ms)).chain(ack)
+            })
+            .collect();
+        if replay.state_lines > snapshot.len() {
+            journal::compact_state(&config.data_dir, &snapshot)?;
         }
         let pending: usize = state.clients.values().map(|c| c.mailbox.len()).sum();
         tracing::info!(
@@ -202,8 +215,9 @@ impl ChatServer {
                 Some(_) => return Ok(false),
                 None => {}
             }
-            st.clients.entry(id.clone()).or_default();
-            self.queue(Record::Register(id, now_ms()))
+            let now = now_ms();
+            st.clients.entry(id.clone()).or_default().registered_ms = now;
+            self.queue(Record::Register(id, now))
         };
         self.durable(rx).await?;
         Ok(true)
@@ -265,9 +279,13 @@ impl ChatServer {
             st.next_session += 1;
             let session_no = st.next_session;
             let is_new = !st.clients.contains_key(&id);
+            let now = now_ms();
             let c = st.clients.entry(id.clone()).or_default();
             if c.session.is_some() {
                 return Err(ChatError::AlreadyOnline(id));
+            }
+            if is_new {
+                c.registered_ms = now;
             }
             c.session = Some(session_no);
             let session = Session {
@@ -277,7 +295,7 @@ impl ChatServer {
                 cursor: after_seq.max(c.acked),
                 notify: c.notify.clone(),
             };
-            let rx = is_new.then(|| self.queue(Record::Register(id, now_ms())));
+            let rx = is_new.then(|| self.queue(Record::Register(id, now)));
             (session, rx)
         };
         if let Some(rx) = rx {
@@ -512,6 +530,46 @@ mod tests {
         // After a restart, seqs continue where they were.
         let m = s.send(send_req("alice", "bob", "four")).await.unwrap();
         assert_eq!(m.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn the_state_journal_is_compacted_at_start_and_keeps_its_meaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join(journal::STATE_FILE);
+        {
+            let s = open(dir.path()).await;
+            s.register("alice").await.unwrap();
+            s.register("bob").await.unwrap();
+            for i in 1..=10 {
+                s.send(send_req("alice", "bob", &format!("m{i}")))
+                    .await
+                    .unwrap();
+                s.ack("bob", i).await.unwrap();
+            }
+            s.send(send_req("alice", "bob", "unread")).await.unwrap();
+        }
+        let before = std::fs::read_to_string(&journal).unwrap();
+        assert_eq!(before.lines().count(), 12);
+        let registered_alice = before.lines().next().unwrap().to_owned();
+
+        let s = open(dir.path()).await;
+        let after = std::fs::read_to_string(&journal).unwrap();
+        assert_eq!(
+            after.lines().collect::<Vec<_>>(),
+            [
+                registered_alice.as_str(),
+                before.lines().nth(1).unwrap(),
+                "ack bob 10"
+            ]
+        );
+        let pending: Vec<_> = s.undelivered().iter().map(|m| m.text.clone()).collect();
+        assert_eq!(pending, ["unread"]);
+        drop(s);
+        // Nothing to gain the second time: the file is left as it is.
+        let again = open(dir.path()).await;
+        assert_eq!(std::fs::read_to_string(&journal).unwrap(), after);
+        assert_eq!(again.list().len(), 2);
+        assert!(!dir.path().join("state.journal.tmp").exists());
     }
 
     #[tokio::test]
