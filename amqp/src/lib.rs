@@ -60,3 +60,22 @@ impl Default for AmqpConfig {
         Self::new(DEFAULT_AMQP_URL, DEFAULT_NAMESPACE)
     }
 }
+
+/// The broker flags every AMQP binary takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AmqpArgs {
+    /// Broker URL (vhost URL-encoded: %2f is "/").
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true)]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name; chats with different
+    /// namespaces share a broker without seeing each other (clients and
+    /// server must agree on it).
+    #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = DEFAULT_NAMESPACE, global = true)]
+    pub namespace: String,
+}
+
+impl AmqpArgs {
+    pub fn config(&self) -> AmqpConfig {
+        AmqpConfig::new(self.amqp_url.clone(), self.namespace.clone())
+    }
+}

@@ -14,8 +14,7 @@ use common::*;
 async fn two_clients_chat_both_ways_concurrently() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut a_in = alice.join().await.unwrap();
     let mut b_in = bob.join().await.unwrap();
@@ -56,8 +55,7 @@ async fn two_clients_chat_both_ways_concurrently() {
 async fn many_sends_in_flight_arrive_once_each() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
 
@@ -87,8 +85,7 @@ async fn many_sends_in_flight_arrive_once_each() {
 async fn messages_wait_for_an_offline_recipient() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     {
         let bob = ns.client("bob").await;
         let mut b_in = bob.join().await.unwrap();
@@ -121,8 +118,7 @@ async fn messages_wait_for_an_offline_recipient() {
 async fn list_shows_everyone_with_online_status() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let _a_in = alice.join().await.unwrap();
     let carol = ns.client("carol").await;
     let c_in = carol.join().await.unwrap();
@@ -183,8 +179,7 @@ async fn an_id_online_already_is_refused_and_free_once_it_leaves() {
 async fn bad_input_gets_a_clear_error_and_the_server_carries_on() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
 

@@ -170,8 +170,7 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
         .await;
 
     // The server is still serving everyone else.
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "after the storm").await.unwrap();
@@ -216,8 +215,7 @@ async fn server_kill_9_and_restart_loses_nothing_and_shows_nothing_twice() {
     let server = ServerProcess::spawn(&ns.url, &ns.name, data.path());
     wait_healthy(&config).await;
 
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "before").await.unwrap();
@@ -274,8 +272,7 @@ async fn everyone_reconnects_after_losing_the_broker() {
     let client_proxy = Proxy::start().await;
     let via = ns.config_via(&client_proxy.url());
     let server = InProcessServer::start(ns.config_via(&server_proxy.url())).await;
-    let alice = ns.client_with("alice", &via).await;
-    alice.register().await.unwrap();
+    let alice = ns.registered_with("alice", &via).await;
     let bob = ns.client_with("bob", &via).await;
     let mut b_in = bob.join().await.unwrap();
     alice.send(&id("bob"), "one").await.unwrap();
@@ -329,8 +326,7 @@ async fn unacknowledged_messages_come_back_after_a_cut_but_show_once() {
     let ns = Namespace::new();
     let proxy = Proxy::start().await;
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client_with("bob", &ns.config_via(&proxy.url())).await;
     let mut b_in = bob.join().await.unwrap();
     for i in 0..5 {
@@ -471,8 +467,7 @@ async fn a_repeated_send_is_accepted_once() {
 async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
-    let alice = ns.client("alice").await;
-    alice.register().await.unwrap();
+    let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
     let peer = RawPeer::new(&ns.url).await;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chat_amqp::AmqpConfig;
+use chat_amqp::{AmqpArgs, AmqpConfig};
 use chat_core::{ChatServer, ServerArgs};
 use clap::{Parser, Subcommand};
 
@@ -14,13 +14,8 @@ use clap::{Parser, Subcommand};
     about = "chatbench chat server over RabbitMQ"
 )]
 struct Args {
-    /// Broker URL (vhost URL-encoded: %2f is "/").
-    #[arg(long, env = "AMQP_URL", default_value = chat_amqp::DEFAULT_AMQP_URL, global = true)]
-    amqp_url: String,
-    /// Prefix of every exchange and queue name; chats with different
-    /// namespaces share a broker without seeing each other.
-    #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = chat_amqp::DEFAULT_NAMESPACE, global = true)]
-    namespace: String,
+    #[command(flatten)]
+    broker: AmqpArgs,
     #[command(flatten)]
     server: ServerArgs,
     #[command(subcommand)]
@@ -37,7 +32,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = AmqpConfig::new(args.amqp_url.clone(), args.namespace.clone());
+    let config = args.broker.config();
     if let Some(Command::Health) = args.command {
         return chat_core::exit::health(
             chat_amqp::health(&config).await.map_err(|e| e.to_string()),

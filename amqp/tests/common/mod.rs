@@ -69,6 +69,17 @@ impl Namespace {
         self.client_with(raw, &self.config()).await
     }
 
+    /// A client whose ID is registered (so it may send), not online.
+    pub async fn registered(&self, raw: &str) -> AmqpClient {
+        self.registered_with(raw, &self.config()).await
+    }
+
+    pub async fn registered_with(&self, raw: &str, config: &AmqpConfig) -> AmqpClient {
+        let client = self.client_with(raw, config).await;
+        client.register().await.unwrap();
+        client
+    }
+
     pub async fn client_with(&self, raw: &str, config: &AmqpConfig) -> AmqpClient {
         self.track(raw);
         AmqpClient::connect(config, id(raw)).await.unwrap()
