@@ -1,0 +1,404 @@
+//! Drives N synthetic clients through [`ChatClient`], the trait the CLIs
+//! use, so loadgen measures exactly the code users run.
+//!
+//! One task per recipient reads its `Incoming` stream and acknowledges each
+//! message, as the CLI does once it has shown it; one task per sender issues
+//! sends without waiting for them (each send is a future in a
+//! `FuturesUnordered`, like a user firing many messages):
+//!
+//! * open loop: sends are scheduled at fixed instants; a send issued late
+//!   still counts its latency from its slot (no coordinated omission);
+//! * closed loop: a sender keeps W messages between "send" and "shown";
+//!   the recipient's task returns a permit when one arrives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chat_core::{ChatClient, ClientId, ConnectionState, Incoming, IncomingEvent};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::probe::{self, Probe};
+use crate::record::{LATE_AFTER, ReceiverLog, SenderLog, Totals, Window, error_kind, tally};
+use crate::scenario::{Load, Point};
+
+/// Most sends one sender keeps waiting for their answer (open loop). Past
+/// it the sender waits, falls behind schedule, and says so in the counts.
+const MAX_IN_FLIGHT_PER_SENDER: usize = 4096;
+/// Clients connecting at once while the run is set up.
+const CONNECT_CONCURRENCY: usize = 32;
+
+/// Counters the progress bar reads while the run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What a run measured, before the process figures are added.
+#[derive(Debug)]
+pub struct Outcome {
+    pub totals: Totals,
+    pub window: Window,
+    /// Connect + join of each client, in µs.
+    pub setup_us: hdrhistogram::Histogram<u64>,
+    /// Time from the last send to the last delivery (or the drain timeout).
+    pub drain: Duration,
+}
+
+/// Where the measured window starts and ends, for process sampling.
+#[derive(Debug, Default)]
+pub struct Marks {
+    pub window_start: Option<tokio::sync::oneshot::Sender<()>>,
+    pub window_end: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Runs one point against `config`. Client IDs are `<tag>-<index>`.
+pub async fn run<C: ChatClient>(
+    config: &C::Config,
+    point: &Point,
+    tag: &str,
+    live: Arc<Live>,
+    mut marks: Marks,
+) -> anyhow::Result<Outcome> {
+    let n = point.clients;
+    let ids: Vec<ClientId> = (0..n)
+        .map(|i| ClientId::parse(&format!("{tag}-{i}")))
+        .collect::<Result<_, _>>()?;
+
+    // Connect and join everyone first: registration is not what is measured.
+    let mut setup_us = crate::record::histogram();
+    let joined: Vec<(usize, C, Incoming, Duration)> =
+        futures::stream::iter(ids.iter().cloned().enumerate())
+            .map(|(i, id)| async move {
+                let t = Instant::now();
+                let client = C::connect(config, id).await?;
+                let incoming = client.join().await?;
+                Ok::<_, chat_core::ClientError>((i, client, incoming, t.elapsed()))
+            })
+            .buffer_unordered(CONNECT_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "a synthetic client could not join: {e}{}",
+                    limit_hint(point)
+                )
+            })?;
+    let mut clients: Vec<Option<(C, Incoming)>> = (0..n).map(|_| None).collect();
+    for (i, c, inc, took) in joined {
+        setup_us.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+        clients[i] = Some((c, inc));
+    }
+    let (clients, incomings): (Vec<C>, Vec<Incoming>) = clients
+        .into_iter()
+        .map(|c| c.expect("every client joined"))
+        .unzip();
+
+    let senders = point.pattern.senders(n);
+    let permits: Vec<Arc<Semaphore>> = (0..n)
+        .map(|_| {
+            let w = match point.load {
+                Load::Window(w) => w as usize,
+                Load::Rate(_) => 0,
+            };
+            Arc::new(Semaphore::new(w))
+        })
+        .collect();
+
+    let epoch = Instant::now();
+    let warmup_ns = point.warmup.as_nanos() as u64;
+    let window = Window {
+        start_ns: warmup_ns,
+        end_ns: warmup_ns + point.duration.as_nanos() as u64,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut receivers = Vec::new();
+    for (i, incoming) in incomings.into_iter().enumerate() {
+        receivers.push(tokio::spawn(receive(
+            i as u32,
+            incoming,
+            tag.to_owned(),
+            epoch,
+            window,
+            permits.clone(),
+            live.clone(),
+            stop_rx.clone(),
+        )));
+    }
+
+    let plan = Arc::new(SendPlan {
+        tag: tag.to_owned(),
+        epoch,
+        window,
+        point: point.clone(),
+        ids: ids.clone(),
+        senders: senders.len(),
+    });
+    let mut sending = Vec::new();
+    for (k, &s) in senders.iter().enumerate() {
+        sending.push(tokio::spawn(send(
+            plan.clone(),
+            clients[s].clone(),
+            s,
+            k,
+            permits[s].clone(),
+            live.clone(),
+        )));
+    }
+
+    // Process figures are sampled over the measured window only.
+    tokio::time::sleep_until(epoch + point.warmup).await;
+    if let Some(tx) = marks.window_start.take() {
+        let _ = tx.send(());
+    }
+    tokio::time::sleep_until(epoch + point.warmup + point.duration).await;
+    if let Some(tx) = marks.window_end.take() {
+        let _ = tx.send(());
+    }
+
+    let mut sender_logs = Vec::new();
+    for s in sending {
+        sender_logs.push(s.await?);
+    }
+    let sends_done = Instant::now();
+    // Drain: wait until everything accepted was shown, or give up.
+    let accepted: u64 = sender_logs.iter().map(|s| s.accepted).sum();
+    let drain_deadline = sends_done + point.drain;
+    while live.delivered.load(Ordering::Relaxed) < accepted && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain = sends_done.elapsed();
+    let _ = stop_tx.send(true);
+    let mut receiver_logs = Vec::new();
+    for r in receivers {
+        receiver_logs.push(r.await?);
+    }
+    drop(clients);
+    Ok(Outcome {
+        totals: tally(&sender_logs, &receiver_logs),
+        window,
+        setup_us,
+        drain,
+    })
+}
+
+/// A hint for the one failure at setup that is about the host, not loadgen.
+fn limit_hint(point: &Point) -> String {
+    if point.stack.is_amqp() && point.clients > 500 {
+        format!(
+            " ({} AMQP connections: check the broker's open-file limit, see `loadgen check-broker`)",
+            point.clients
+        )
+    } else {
+        String::new()
+    }
+}
+
+struct SendPlan {
+    tag: String,
+    epoch: Instant,
+    window: Window,
+    point: Point,
+    ids: Vec<ClientId>,
+    senders: usize,
+}
+
+impl SendPlan {
+    fn ns_since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// Recipients in turn (fixed patterns) or at random (seeded per sender).
+struct Recipients {
+    fixed: Vec<usize>,
+    next: usize,
+    me: usize,
+    clients: usize,
+    rng: rand::rngs::StdRng,
+}
+
+impl Recipients {
+    fn next(&mut self) -> usize {
+        if self.fixed.is_empty() {
+            // Any client but the sender.
+            let r = self.rng.random_range(0..self.clients - 1);
+            if r >= self.me { r + 1 } else { r }
+        } else {
+            let r = self.fixed[self.next % self.fixed.len()];
+            self.next += 1;
+            r
+        }
+    }
+}
+
+type SendResult = (
+    u32,
+    u64,
+    Instant,
+    Instant,
+    Result<(), chat_core::ClientError>,
+);
+
+async fn send<C: ChatClient>(
+    plan: Arc<SendPlan>,
+    client: C,
+    me: usize,
+    rank: usize,
+    window_permits: Arc<Semaphore>,
+    live: Arc<Live>,
+) -> SenderLog {
+    let point = &plan.point;
+    let mut log = SenderLog::new(me as u32);
+    let mut to = Recipients {
+        fixed: point.pattern.recipients(me, point.clients),
+        next: 0,
+        me,
+        clients: point.clients,
+        rng: rand::rngs::StdRng::seed_from_u64(
+            point.seed ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ),
+    };
+    let end = plan.epoch + point.warmup + point.duration;
+    let mut in_flight = FuturesUnordered::new();
+    let one = |to: usize, n: u64, slot: Instant| {
+        let client = client.clone();
+        let recipient = plan.ids[to].clone();
+        let text = probe::encode(
+            &plan.tag,
+            Probe {
+                sender: me as u32,
+                n,
+                intended_ns: plan.ns_since_epoch(slot),
+            },
+            point.payload,
+        );
+        async move {
+            let issued = Instant::now();
+            let r = client.send(&recipient, &text).await.map(|_| ());
+            (to as u32, n, slot, issued, r)
+        }
+    };
+    let finish = |log: &mut SenderLog, (to, n, slot, issued, r): SendResult| {
+        let answered = Instant::now();
+        match r {
+            Ok(()) => {
+                live.accepted.fetch_add(1, Ordering::Relaxed);
+                log.accepted(
+                    to,
+                    n,
+                    answered - issued,
+                    plan.window.contains(plan.ns_since_epoch(slot)),
+                    plan.window.contains(plan.ns_since_epoch(answered)),
+                );
+            }
+            Err(e) => {
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "send failed");
+                log.failed(error_kind(&e));
+            }
+        }
+    };
+    match point.load {
+        Load::Rate(total) => {
+            let per_sender = total / plan.senders as f64;
+            let interval = Duration::from_secs_f64(1.0 / per_sender);
+            // Spread the senders' slots evenly instead of all at once.
+            let mut slot = plan.epoch + interval.mul_f64(rank as f64 / plan.senders as f64);
+            while slot < end {
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(done) = in_flight.next(), if !in_flight.is_empty() => finish(&mut log, done),
+                        () = tokio::time::sleep_until(slot), if in_flight.len() < MAX_IN_FLIGHT_PER_SENDER => break,
+                    }
+                }
+                if Instant::now() > slot + LATE_AFTER {
+                    log.behind_schedule += 1;
+                }
+                let r = to.next();
+                let n = log.next_number(r as u32);
+                in_flight.push(one(r, n, slot));
+                slot += interval;
+            }
+        }
+        Load::Window(_) => loop {
+            let permit = tokio::select! {
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => { finish(&mut log, done); continue; }
+                p = window_permits.acquire() => p,
+                () = tokio::time::sleep_until(end) => break,
+            };
+            let Ok(permit) = permit else { break };
+            // Given back by the recipient's task when the message is shown.
+            permit.forget();
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let r = to.next();
+            let n = log.next_number(r as u32);
+            in_flight.push(one(r, n, now));
+        },
+    }
+    while let Some(done) = in_flight.next().await {
+        finish(&mut log, done);
+    }
+    log
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    me: u32,
+    mut incoming: Incoming,
+    tag: String,
+    epoch: Instant,
+    window: Window,
+    permits: Vec<Arc<Semaphore>>,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverLog {
+    let mut log = ReceiverLog::new(me);
+    loop {
+        let event = tokio::select! {
+            e = incoming.recv() => e,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match event {
+            Some(IncomingEvent::Message(d)) => {
+                let now_ns = epoch.elapsed().as_nanos() as u64;
+                match probe::decode(&tag, &d.message.text) {
+                    Some(p) => {
+                        if log.shown(p, now_ns, window) {
+                            live.delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(s) = permits.get(p.sender as usize) {
+                                s.add_permits(1);
+                            }
+                        }
+                    }
+                    None => log.foreign += 1,
+                }
+                d.ack();
+            }
+            Some(IncomingEvent::State(state)) => {
+                tracing::debug!(client = me, ?state, "connection change");
+                if matches!(state, ConnectionState::Reconnecting { .. }) {
+                    log.reconnects += 1;
+                }
+            }
+            None => break,
+        }
+    }
+    // Carry the last acknowledgements, so nothing is re-delivered later.
+    incoming.close().await;
+    log
+}

@@ -1,0 +1,441 @@
+//! Exact accounting of one run, without locks on the hot path.
+//!
+//! Every sender task owns a [`SenderLog`] and every recipient task a
+//! [`ReceiverLog`]; they are only combined by [`tally`] after the run. A
+//! flow (sender → recipient) numbers its messages 0, 1, 2, … so a bitset per
+//! flow on each side answers, exactly: which accepted messages never
+//! arrived (lost), which arrived twice (duplicates), which arrived after a
+//! later one of the same flow (out of order), and which arrived although
+//! their send reported an error (a timeout whose request went through).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::probe::Probe;
+
+/// Highest latency a histogram holds (1 h, in µs); larger values saturate.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    h.saturating_record(us.clamp(1, MAX_LATENCY_US));
+}
+
+/// A growable set of small integers.
+#[derive(Clone, Debug, Default)]
+pub struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Adds `n`; false if it was there already.
+    pub fn insert(&mut self, n: u64) -> bool {
+        let (word, bit) = ((n / 64) as usize, n % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let was = self.0[word] & (1 << bit) != 0;
+        self.0[word] |= 1 << bit;
+        !was
+    }
+
+    pub fn contains(&self, n: u64) -> bool {
+        self.0
+            .get((n / 64) as usize)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// How many members of `self` are not in `other`.
+    pub fn count_missing_from(&self, other: &Bits) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let o = other.0.get(i).copied().unwrap_or(0);
+                u64::from((w & !o).count_ones())
+            })
+            .sum()
+    }
+}
+
+/// The measured part of the run, in nanoseconds since the run's epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Window {
+    pub fn contains(&self, ns: u64) -> bool {
+        (self.start_ns..self.end_ns).contains(&ns)
+    }
+
+    pub fn secs(&self) -> f64 {
+        (self.end_ns - self.start_ns) as f64 / 1e9
+    }
+}
+
+/// One sender's side of the run.
+#[derive(Debug)]
+pub struct SenderLog {
+    pub index: u32,
+    /// `send` calls made.
+    pub sent: u64,
+    /// Sends the server accepted.
+    pub accepted: u64,
+    /// Accepted with the answer inside the measured window.
+    pub accepted_in_window: u64,
+    /// Open loop: sends issued more than [`LATE_AFTER`] after their slot.
+    pub behind_schedule: u64,
+    /// Failed sends by kind (`timeout`, `unavailable`, `rejected:<code>`…).
+    pub errors: BTreeMap<String, u64>,
+    /// Send → server's answer, for sends scheduled inside the window.
+    pub accept_us: Histogram<u64>,
+    next: HashMap<u32, u64>,
+    accepted_bits: HashMap<u32, Bits>,
+}
+
+/// A send this much later than its slot counts as behind schedule.
+pub const LATE_AFTER: Duration = Duration::from_millis(1);
+
+impl SenderLog {
+    pub fn new(index: u32) -> Self {
+        Self {
+            index,
+            sent: 0,
+            accepted: 0,
+            accepted_in_window: 0,
+            behind_schedule: 0,
+            errors: BTreeMap::new(),
+            accept_us: histogram(),
+            next: HashMap::new(),
+            accepted_bits: HashMap::new(),
+        }
+    }
+
+    /// The number of the next message to `to`; counts it as sent.
+    pub fn next_number(&mut self, to: u32) -> u64 {
+        self.sent += 1;
+        let n = self.next.entry(to).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
+    pub fn accepted(
+        &mut self,
+        to: u32,
+        n: u64,
+        took: Duration,
+        scheduled_in_window: bool,
+        answered_in_window: bool,
+    ) {
+        self.accepted += 1;
+        self.accepted_bits.entry(to).or_default().insert(n);
+        if scheduled_in_window {
+            record(&mut self.accept_us, took);
+        }
+        if answered_in_window {
+            self.accepted_in_window += 1;
+        }
+    }
+
+    pub fn failed(&mut self, kind: String) {
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Flow {
+    seen: Bits,
+    highest: Option<u64>,
+}
+
+/// One recipient's side of the run.
+#[derive(Debug)]
+pub struct ReceiverLog {
+    pub index: u32,
+    /// Distinct messages of this run shown to the recipient.
+    pub delivered: u64,
+    pub delivered_in_window: u64,
+    /// Shown again after having been shown once.
+    pub duplicates: u64,
+    /// Shown after a later message of the same flow.
+    pub out_of_order: u64,
+    /// Texts that are not this run's probes (another run's leftovers).
+    pub foreign: u64,
+    /// Scheduled send → shown, for messages scheduled inside the window.
+    pub e2e_us: Histogram<u64>,
+    /// Connection changes the client reported (reconnects, closes).
+    pub reconnects: u64,
+    flows: HashMap<u32, Flow>,
+}
+
+impl ReceiverLog {
+    pub fn new(index: u32) -> Self {
+        Self {
+            index,
+            delivered: 0,
+            delivered_in_window: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            foreign: 0,
+            e2e_us: histogram(),
+            reconnects: 0,
+            flows: HashMap::new(),
+        }
+    }
+
+    /// Records a message shown at `now_ns`; true if it is the first time.
+    pub fn shown(&mut self, p: Probe, now_ns: u64, window: Window) -> bool {
+        let flow = self.flows.entry(p.sender).or_default();
+        if !flow.seen.insert(p.n) {
+            self.duplicates += 1;
+            return false;
+        }
+        match flow.highest {
+            Some(h) if p.n < h => self.out_of_order += 1,
+            _ => flow.highest = Some(p.n),
+        }
+        self.delivered += 1;
+        if window.contains(now_ns) {
+            self.delivered_in_window += 1;
+        }
+        if window.contains(p.intended_ns) {
+            record(
+                &mut self.e2e_us,
+                Duration::from_nanos(now_ns.saturating_sub(p.intended_ns)),
+            );
+        }
+        true
+    }
+}
+
+/// The whole run's accounting.
+#[derive(Debug)]
+pub struct Totals {
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_in_window: u64,
+    pub behind_schedule: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub delivered: u64,
+    pub delivered_in_window: u64,
+    /// Accepted, never shown within the drain timeout.
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Shown although the send reported an error.
+    pub delivered_unaccepted: u64,
+    pub foreign: u64,
+    pub reconnects: u64,
+    pub e2e_us: Histogram<u64>,
+    pub accept_us: Histogram<u64>,
+}
+
+impl Totals {
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Combines every side's log into the run's totals.
+pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
+    let mut t = Totals {
+        sent: 0,
+        accepted: 0,
+        accepted_in_window: 0,
+        behind_schedule: 0,
+        errors: BTreeMap::new(),
+        delivered: 0,
+        delivered_in_window: 0,
+        lost: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        delivered_unaccepted: 0,
+        foreign: 0,
+        reconnects: 0,
+        e2e_us: histogram(),
+        accept_us: histogram(),
+    };
+    let empty = Flow::default();
+    let by_index: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.index, r)).collect();
+    for s in senders {
+        t.sent += s.sent;
+        t.accepted += s.accepted;
+        t.accepted_in_window += s.accepted_in_window;
+        t.behind_schedule += s.behind_schedule;
+        for (k, v) in &s.errors {
+            *t.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        let _ = t.accept_us.add(&s.accept_us);
+        for (to, accepted) in &s.accepted_bits {
+            let flow = by_index
+                .get(to)
+                .and_then(|r| r.flows.get(&s.index))
+                .unwrap_or(&empty);
+            t.lost += accepted.count_missing_from(&flow.seen);
+        }
+    }
+    let no_bits = Bits::default();
+    let accepted_of = |from: u32, to: u32| {
+        senders
+            .iter()
+            .find(|s| s.index == from)
+            .and_then(|s| s.accepted_bits.get(&to))
+            .unwrap_or(&no_bits)
+    };
+    for r in receivers {
+        t.delivered += r.delivered;
+        t.delivered_in_window += r.delivered_in_window;
+        t.duplicates += r.duplicates;
+        t.out_of_order += r.out_of_order;
+        t.foreign += r.foreign;
+        t.reconnects += r.reconnects;
+        let _ = t.e2e_us.add(&r.e2e_us);
+        for (from, flow) in &r.flows {
+            t.delivered_unaccepted += flow.seen.count_missing_from(accepted_of(*from, r.index));
+        }
+    }
+    t
+}
+
+/// Classifies a client error for the `errors` column.
+pub fn error_kind(e: &chat_core::ClientError) -> String {
+    use chat_core::ClientError as E;
+    match e {
+        E::Rejected { code, .. } => format!("rejected:{}", code.as_str_name().to_lowercase()),
+        E::Unavailable { .. } => "unavailable".into(),
+        E::Protocol(_) => "protocol".into(),
+        E::Local(_) => "local".into(),
+        E::Timeout(_) => "timeout".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(sender: u32, n: u64, intended_ns: u64) -> Probe {
+        Probe {
+            sender,
+            n,
+            intended_ns,
+        }
+    }
+
+    const ALL: Window = Window {
+        start_ns: 0,
+        end_ns: u64::MAX,
+    };
+
+    /// A transport that drops, duplicates and reorders on purpose is
+    /// reported exactly.
+    #[test]
+    fn loss_duplicates_and_reordering_are_counted_exactly() {
+        let mut s = SenderLog::new(0);
+        for _ in 0..10 {
+            let n = s.next_number(1);
+            if n != 9 {
+                // message 9: the send failed (say, a timeout)...
+                s.accepted(1, n, Duration::from_micros(100), true, true);
+            } else {
+                s.failed("timeout".into());
+            }
+        }
+        let mut r = ReceiverLog::new(1);
+        // ...yet it arrives; 3 and 7 are lost; 5 comes twice; 2 after 4.
+        for n in [0, 1, 4, 2, 5, 5, 6, 8, 9] {
+            r.shown(probe(0, n, 0), 1_000, ALL);
+        }
+        let t = tally(&[s], &[r]);
+        assert_eq!(t.sent, 10);
+        assert_eq!(t.accepted, 9);
+        assert_eq!(t.errors.get("timeout"), Some(&1));
+        assert_eq!(t.delivered, 8);
+        assert_eq!(t.lost, 2);
+        assert_eq!(t.duplicates, 1);
+        assert_eq!(t.out_of_order, 1);
+        assert_eq!(t.delivered_unaccepted, 1);
+    }
+
+    #[test]
+    fn flows_are_kept_apart() {
+        let mut a = SenderLog::new(0);
+        let mut b = SenderLog::new(2);
+        for s in [&mut a, &mut b] {
+            for _ in 0..3 {
+                let n = s.next_number(1);
+                s.accepted(1, n, Duration::from_micros(5), true, true);
+            }
+        }
+        let mut r = ReceiverLog::new(1);
+        // the same numbers from two senders are different messages
+        for n in 0..3 {
+            assert!(r.shown(probe(0, n, 0), 1, ALL));
+            assert!(r.shown(probe(2, n, 0), 1, ALL));
+        }
+        let t = tally(&[a, b], &[r]);
+        assert_eq!(
+            (t.delivered, t.lost, t.duplicates, t.out_of_order),
+            (6, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn latency_counts_from_the_scheduled_instant_inside_the_window() {
+        let window = Window {
+            start_ns: 1_000_000,
+            end_ns: 2_000_000,
+        };
+        let mut r = ReceiverLog::new(1);
+        r.shown(probe(0, 0, 500_000), 1_100_000, window); // warm-up: not recorded
+        r.shown(probe(0, 1, 1_000_000), 1_250_000, window); // 250 µs
+        r.shown(probe(0, 2, 1_500_000), 2_500_000, window); // late: 1000 µs
+        assert_eq!(r.e2e_us.len(), 2);
+        assert_eq!(r.e2e_us.min(), 250);
+        assert_eq!(
+            r.e2e_us.value_at_quantile(1.0),
+            r.e2e_us.highest_equivalent(1000)
+        );
+        assert_eq!(r.delivered_in_window, 2);
+    }
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let mut h = histogram();
+        for us in 1..=1000 {
+            record(&mut h, Duration::from_micros(us));
+        }
+        assert_eq!(h.value_at_quantile(0.5), 500);
+        assert_eq!(h.value_at_quantile(0.9), 900);
+        assert_eq!(h.value_at_quantile(0.99), 990);
+        assert_eq!(h.max(), 1000);
+    }
+
+    #[test]
+    fn bits_count_what_is_missing() {
+        let mut a = Bits::default();
+        let mut b = Bits::default();
+        for n in [0, 63, 64, 200] {
+            assert!(a.insert(n));
+        }
+        assert!(!a.insert(64));
+        b.insert(63);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.count_missing_from(&b), 3);
+        assert_eq!(b.count_missing_from(&a), 0);
+        assert!(a.contains(200) && !a.contains(201));
+    }
+}

@@ -1,0 +1,370 @@
+//! Runs plans: starts each stack once per sweep, runs its points (ceilings
+//! first, so every chat row can state its ratio to the ceiling measured in
+//! the same invocation), samples the processes, writes the rows.
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chat_amqp::AmqpClient;
+use chat_grpc::GrpcClient;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::driver::{self, Live, Marks, Outcome};
+use crate::output::{Results, Row, percentiles};
+use crate::procstat::{self, Usage, Watched};
+use crate::scenario::{Plan, Point, StackKind};
+use crate::target::{Endpoint, Server, TargetArgs, fresh_tag};
+
+/// Everything a set of runs shares.
+#[derive(Debug)]
+pub struct Runner {
+    pub target: TargetArgs,
+    pub results: Results,
+    pub quiet: bool,
+    /// `i/n` when this process is one shard of a larger load.
+    pub shard: Option<(usize, usize)>,
+    machine: String,
+    git_rev: String,
+    broker_version: String,
+    /// Delivery rate of each ceiling point measured so far (by point key).
+    ceilings: HashMap<String, f64>,
+    bars: MultiProgress,
+}
+
+/// Default text limit of the chat servers; raised for larger payloads.
+const DEFAULT_MAX_TEXT: usize = chat_core::limits::DEFAULT_MAX_TEXT_BYTES;
+
+impl Runner {
+    pub async fn new(
+        target: TargetArgs,
+        results: Results,
+        quiet: bool,
+        shard: Option<(usize, usize)>,
+    ) -> Self {
+        let broker_version = crate::machine::rabbitmq_version(&target.amqp_url)
+            .await
+            .unwrap_or_default();
+        let quiet = quiet || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal();
+        let bars = MultiProgress::new();
+        if quiet {
+            bars.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Self {
+            target,
+            results,
+            quiet,
+            shard,
+            machine: crate::machine::describe(),
+            git_rev: crate::machine::git_revision(),
+            broker_version,
+            ceilings: HashMap::new(),
+            bars,
+        }
+    }
+
+    /// Runs every plan; returns the rows written.
+    pub async fn run_plans(&mut self, plans: &[Plan]) -> anyhow::Result<Vec<Row>> {
+        let total: usize = plans.iter().map(Plan::points).sum();
+        let overall = self.bars.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:30}] {pos}/{len} points, {elapsed} elapsed, ~{eta} left",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        overall.set_prefix("loadgen");
+        let mut rows = Vec::new();
+        for plan in plans {
+            // Ceilings first: chat rows then carry their ratio to them.
+            let mut stacks: Vec<StackKind> = plan
+                .ramps
+                .iter()
+                .filter_map(|r| r.first().map(|p| p.stack))
+                .collect();
+            stacks.sort_by_key(|s| (!matches!(s, StackKind::GrpcBare | StackKind::AmqpBare), *s));
+            stacks.dedup();
+            for stack in stacks {
+                let max_text = DEFAULT_MAX_TEXT.max(plan.max_payload());
+                self.note(format!("{}: starting {stack}", plan.name));
+                let server = Server::start(stack, &self.target, max_text).await?;
+                let mut ids = Vec::new();
+                let result = self
+                    .run_stack(plan, stack, &server, &mut ids, &mut rows, &overall)
+                    .await;
+                server.stop(&ids).await;
+                result?;
+            }
+        }
+        overall.finish_and_clear();
+        Ok(rows)
+    }
+
+    fn note(&self, line: String) {
+        if self.quiet {
+            tracing::info!("{line}");
+        } else {
+            let _ = self.bars.println(line);
+        }
+    }
+
+    async fn run_stack(
+        &mut self,
+        plan: &Plan,
+        stack: StackKind,
+        server: &Server,
+        ids: &mut Vec<String>,
+        rows: &mut Vec<Row>,
+        overall: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        for ramp in plan
+            .ramps
+            .iter()
+            .filter(|r| r.first().is_some_and(|p| p.stack == stack))
+        {
+            let mut behind = false;
+            for point in ramp {
+                if behind {
+                    overall.inc(1);
+                    continue;
+                }
+                let point = self.sharded(point);
+                let row = self.run_point(&point, server, ids).await?;
+                if plan.stop_when_behind && !row.kept_up() {
+                    self.note(format!(
+                        "{}: {stack} fell behind at {} (delivered {:.0}/s); skipping the rest of this ramp",
+                        plan.name, point.load, row.delivery_rate
+                    ));
+                    behind = true;
+                }
+                rows.push(row);
+                overall.inc(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// This shard's part of a point: 1/n of the clients and of the rate.
+    fn sharded(&self, point: &Point) -> Point {
+        let mut p = point.clone();
+        if let Some((_, n)) = self.shard {
+            p.clients = (p.clients / n).max(2);
+            if let crate::scenario::Load::Rate(r) = p.load {
+                p.load = crate::scenario::Load::Rate(r / n as f64);
+            }
+        }
+        p
+    }
+
+    /// Runs one point and records it.
+    pub async fn run_point(
+        &mut self,
+        point: &Point,
+        server: &Server,
+        ids: &mut Vec<String>,
+    ) -> anyhow::Result<Row> {
+        let tag = fresh_tag();
+        ids.extend((0..point.clients).map(|i| format!("{tag}-{i}")));
+        let started_at = chat_core::message::format_timestamp(chat_core::message::now_ms());
+        let live = Arc::new(Live::default());
+        let bar = self.bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"),
+        );
+        bar.set_prefix(point.stack.name());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
+
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let mut procs = vec![("loadgen", Watched::myself())];
+        if let Some(pid) = server.pid() {
+            procs.push(("server", Watched::new(pid)));
+        }
+        if point.stack.is_amqp()
+            && let Some(pid) = procstat::find_broker()
+        {
+            procs.push(("broker", Watched::new(pid)));
+        }
+        let sampler = tokio::spawn(async move {
+            if start_rx.await.is_ok() {
+                for (_, w) in &mut procs {
+                    w.begin();
+                }
+                let _ = end_rx.await;
+            }
+            procs
+                .into_iter()
+                .map(|(k, w)| (k, w.end()))
+                .collect::<HashMap<_, _>>()
+        });
+        let marks = Marks {
+            window_start: Some(start_tx),
+            window_end: Some(end_tx),
+        };
+        let outcome = match &server.endpoint {
+            Endpoint::Grpc(c) => {
+                driver::run::<GrpcClient>(c, point, &tag, live.clone(), marks).await
+            }
+            Endpoint::Amqp(c) => {
+                driver::run::<AmqpClient>(c, point, &tag, live.clone(), marks).await
+            }
+        };
+        ticker.abort();
+        bar.finish_and_clear();
+        self.bars.remove(&bar);
+        let outcome = outcome?;
+        let usage = sampler.await.unwrap_or_default();
+        let row = self.row(point, &tag, &started_at, &outcome, &usage, server);
+        self.results.write_histograms(
+            &row.run_id,
+            &outcome.totals.e2e_us,
+            &outcome.totals.accept_us,
+        )?;
+        self.results.append(&row)?;
+        if matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare) {
+            self.ceilings.insert(
+                format!("{}|{}", point.stack, row.point_key()),
+                row.delivery_rate,
+            );
+        }
+        self.note(format!(
+            "{:>10} {} -> delivered {:.0}/s, p50 {} µs, p99 {} µs, lost {}, errors {}",
+            point.stack,
+            point.describe(),
+            row.delivery_rate,
+            row.e2e_p50_us,
+            row.e2e_p99_us,
+            row.lost,
+            row.errors
+        ));
+        Ok(row)
+    }
+
+    fn row(
+        &self,
+        point: &Point,
+        tag: &str,
+        started_at: &str,
+        o: &Outcome,
+        usage: &HashMap<&str, Option<Usage>>,
+        server: &Server,
+    ) -> Row {
+        let t = &o.totals;
+        let secs = o.window.secs();
+        let [e50, e90, e99, e999, emax] = percentiles(&t.e2e_us);
+        let [a50, a90, a99, a999, amax] = percentiles(&t.accept_us);
+        let get = |k: &str| usage.get(k).copied().flatten();
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        let (rate, window) = match point.load {
+            crate::scenario::Load::Rate(r) => (Some(r), None),
+            crate::scenario::Load::Window(w) => (None, Some(w)),
+        };
+        let mut row = Row {
+            run_id: tag.to_owned(),
+            started_at: started_at.to_owned(),
+            experiment: point.experiment.clone(),
+            stack: point.stack.name().to_owned(),
+            clients: point.clients,
+            pattern: point.pattern.name().to_owned(),
+            model: point.load.model().to_owned(),
+            offered_rate: rate,
+            window,
+            payload_bytes: point.payload,
+            duration_s: point.duration.as_secs_f64(),
+            warmup_s: point.warmup.as_secs_f64(),
+            seed: point.seed,
+            sent: t.sent,
+            accepted: t.accepted,
+            delivered: t.delivered,
+            lost: t.lost,
+            duplicates: t.duplicates,
+            out_of_order: t.out_of_order,
+            delivered_unaccepted: t.delivered_unaccepted,
+            behind_schedule: t.behind_schedule,
+            errors: t.error_count(),
+            error_kinds: t
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            reconnects: t.reconnects,
+            send_rate: t.accepted_in_window as f64 / secs,
+            delivery_rate: t.delivered_in_window as f64 / secs,
+            ceiling_ratio: None,
+            e2e_p50_us: e50,
+            e2e_p90_us: e90,
+            e2e_p99_us: e99,
+            e2e_p999_us: e999,
+            e2e_max_us: emax,
+            e2e_mean_us: if t.e2e_us.is_empty() {
+                0.0
+            } else {
+                t.e2e_us.mean()
+            },
+            e2e_count: t.e2e_us.len(),
+            accept_p50_us: a50,
+            accept_p90_us: a90,
+            accept_p99_us: a99,
+            accept_p999_us: a999,
+            accept_max_us: amax,
+            setup_p50_ms: o.setup_us.value_at_quantile(0.5) as f64 / 1000.0,
+            setup_max_ms: o.setup_us.max() as f64 / 1000.0,
+            drain_s: o.drain.as_secs_f64(),
+            loadgen_cpu_pct: get("loadgen").map(|u| u.cpu_percent),
+            loadgen_peak_rss_mb: get("loadgen").map(|u| mb(u.peak_rss_kb)),
+            server_cpu_pct: get("server").map(|u| u.cpu_percent),
+            server_peak_rss_mb: get("server").map(|u| mb(u.peak_rss_kb)),
+            server_rss_mb: get("server").map(|u| mb(u.rss_kb)),
+            broker_cpu_pct: get("broker").map(|u| u.cpu_percent),
+            broker_peak_rss_mb: get("broker").map(|u| mb(u.peak_rss_kb)),
+            server_settings: server.settings.clone(),
+            shard: self
+                .shard
+                .map(|(i, n)| format!("{i}/{n}"))
+                .unwrap_or_default(),
+            git_rev: self.git_rev.clone(),
+            machine: self.machine.clone(),
+            broker_version: if point.stack.is_amqp() {
+                self.broker_version.clone()
+            } else {
+                String::new()
+            },
+        };
+        if !matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare)
+            && let Some(&ceiling) =
+                self.ceilings
+                    .get(&format!("{}|{}", point.stack.ceiling(), row.point_key()))
+            && ceiling > 0.0
+        {
+            row.ceiling_ratio = Some(row.delivery_rate / ceiling);
+        }
+        row
+    }
+}
+
+/// Refreshes a point's progress line with the current rates.
+async fn progress(bar: ProgressBar, live: Arc<Live>, what: String) {
+    let mut last = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = (
+            live.accepted.load(Ordering::Relaxed),
+            live.delivered.load(Ordering::Relaxed),
+        );
+        let errors = live.errors.load(Ordering::Relaxed);
+        bar.set_message(format!(
+            "{what}: accepted {} ({}/s), delivered {} ({}/s), errors {errors}",
+            now.0,
+            (now.0 - last.0) * 2,
+            now.1,
+            (now.1 - last.1) * 2
+        ));
+        last = now;
+    }
+}

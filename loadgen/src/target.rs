@@ -1,0 +1,442 @@
+//! The systems under test: started as child processes (`--spawn`, and
+//! always for the bare ceilings, which are loadgen's own) or reached by URL
+//! (the compose services, a remote host).
+//!
+//! A spawned chat server gets a fresh data directory and, on AMQP, a fresh
+//! namespace, deleted from the broker when it stops. Every child is killed
+//! if loadgen exits early (`kill_on_drop`).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chat_amqp::AmqpConfig;
+use chat_amqp::topology::Names;
+use chat_grpc::GrpcConfig;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::scenario::StackKind;
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the systems are, and how to start them.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Start grpc-server / amqp-server as child processes (fresh data dir,
+    /// fresh AMQP namespace) instead of using running ones.
+    #[arg(long, env = "LOADGEN_SPAWN")]
+    pub spawn: bool,
+    /// The running gRPC chat server (without --spawn).
+    #[arg(long, env = "LOADGEN_GRPC_URL", default_value = chat_grpc::DEFAULT_SERVER_URL)]
+    pub grpc_url: String,
+    /// The broker, for the AMQP chat and the amqp-bare ceiling.
+    #[arg(long, env = "AMQP_URL", default_value = chat_amqp::DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+    /// Namespace of the running AMQP chat server (without --spawn).
+    #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = chat_amqp::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Where grpc-server and amqp-server are (default: next to loadgen).
+    #[arg(long, env = "LOADGEN_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Durability of spawned chat servers (`os` or `fsync`).
+    #[arg(long, env = "LOADGEN_DURABILITY", default_value = "os")]
+    pub durability: String,
+}
+
+/// How clients reach one system.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Grpc(GrpcConfig),
+    Amqp(AmqpConfig),
+}
+
+/// A system ready for clients; stops (and cleans up) with [`Server::stop`].
+pub struct Server {
+    pub stack: StackKind,
+    pub endpoint: Endpoint,
+    child: Option<Child>,
+    /// Kept until the server stops; removed on drop.
+    _data_dir: Option<tempfile::TempDir>,
+    /// The namespace to delete from the broker afterwards (spawned only).
+    own_namespace: bool,
+    log: Arc<Mutex<VecDeque<String>>>,
+    /// Server flags worth recording with each row.
+    pub settings: String,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("stack", &self.stack)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bin_dir(args: &TargetArgs) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &args.bin_dir {
+        return Ok(d.clone());
+    }
+    let exe = std::env::current_exe().context("cannot find loadgen's own path")?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+fn binary(args: &TargetArgs, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = bin_dir(args)?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{name} not found in {}: build every binary first (`cargo build --release`), or point --bin-dir at them",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The loadgen binary that serves the bare relays: the one in `--bin-dir`
+/// when there is one (tests), else this very program.
+fn loadgen_exe(args: &TargetArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.bin_dir
+        && dir.join("loadgen").exists()
+    {
+        return Ok(dir.join("loadgen"));
+    }
+    std::env::current_exe().context("cannot find loadgen's own path")
+}
+
+/// A short random tag, unique enough to keep runs apart on one broker.
+pub fn fresh_tag() -> String {
+    format!("lg{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+impl Server {
+    /// Makes `stack` ready: spawns it when asked (or when it is a ceiling),
+    /// else checks that the running one answers.
+    pub async fn start(
+        stack: StackKind,
+        args: &TargetArgs,
+        max_text_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        match stack {
+            StackKind::GrpcBare => {
+                let exe = loadgen_exe(args)?;
+                let mut s = Self::spawn(
+                    stack,
+                    &exe,
+                    &["bare-server", "grpc", "--listen", "127.0.0.1:0"],
+                    None,
+                )
+                .await?;
+                let addr = s.wait_for_line("listening on ").await?;
+                s.endpoint = Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}")));
+                Ok(s)
+            }
+            StackKind::AmqpBare => {
+                let exe = loadgen_exe(args)?;
+                let ns = format!("{}-bare", fresh_tag());
+                let mut s = Self::spawn(
+                    stack,
+                    &exe,
+                    &[
+                        "bare-server",
+                        "amqp",
+                        "--amqp-url",
+                        &args.amqp_url,
+                        "--namespace",
+                        &ns,
+                    ],
+                    None,
+                )
+                .await?;
+                s.wait_for_line("relay serving").await?;
+                s.endpoint = Endpoint::Amqp(AmqpConfig::new(args.amqp_url.clone(), ns));
+                s.own_namespace = true;
+                Ok(s)
+            }
+            StackKind::Grpc if args.spawn => {
+                let bin = binary(args, "grpc-server")?;
+                let dir = tempfile::Builder::new().prefix("loadgen-grpc-").tempdir()?;
+                let max = max_text_bytes.to_string();
+                let flags = [
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--max-text-bytes",
+                    &max,
+                    "--durability",
+                    &args.durability,
+                ];
+                let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
+                let addr = s.wait_for_line("listening on ").await?;
+                let url = format!("http://{addr}");
+                s.wait_ready(|| chat_grpc::health::check(&url, Duration::from_secs(2)))
+                    .await?;
+                s.endpoint = Endpoint::Grpc(GrpcConfig::new(url));
+                s.settings = format!("durability={} max_text_bytes={max}", args.durability);
+                Ok(s)
+            }
+            StackKind::Amqp if args.spawn => {
+                let bin = binary(args, "amqp-server")?;
+                let dir = tempfile::Builder::new().prefix("loadgen-amqp-").tempdir()?;
+                let ns = fresh_tag();
+                let max = max_text_bytes.to_string();
+                let flags = [
+                    "--amqp-url",
+                    &args.amqp_url,
+                    "--namespace",
+                    &ns,
+                    "--max-text-bytes",
+                    &max,
+                    "--durability",
+                    &args.durability,
+                ];
+                let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
+                let config = AmqpConfig::new(args.amqp_url.clone(), ns);
+                let c = config.clone();
+                s.wait_ready(|| async {
+                    chat_amqp::health(&c)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await?;
+                s.endpoint = Endpoint::Amqp(config);
+                s.own_namespace = true;
+                s.settings = format!("durability={} max_text_bytes={max}", args.durability);
+                Ok(s)
+            }
+            StackKind::Grpc => {
+                chat_grpc::health::check(&args.grpc_url, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("{e} (start grpc-server there, or pass --spawn)")
+                    })?;
+                Ok(Self::external(
+                    stack,
+                    Endpoint::Grpc(GrpcConfig::new(args.grpc_url.clone())),
+                ))
+            }
+            StackKind::Amqp => {
+                let config = AmqpConfig::new(args.amqp_url.clone(), args.namespace.clone());
+                chat_amqp::health(&config).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} (start amqp-server for namespace {:?}, or pass --spawn)",
+                        args.namespace
+                    )
+                })?;
+                Ok(Self::external(stack, Endpoint::Amqp(config)))
+            }
+        }
+    }
+
+    /// A system someone else started (a test's in-process server). With
+    /// `own_namespace`, [`Server::stop`] deletes its AMQP names.
+    pub fn at(stack: StackKind, endpoint: Endpoint, own_namespace: bool) -> Self {
+        let mut s = Self::external(stack, endpoint);
+        s.own_namespace = own_namespace;
+        s
+    }
+
+    fn external(stack: StackKind, endpoint: Endpoint) -> Self {
+        Self {
+            stack,
+            endpoint,
+            child: None,
+            _data_dir: None,
+            own_namespace: false,
+            log: Arc::default(),
+            settings: "external".into(),
+        }
+    }
+
+    async fn spawn(
+        stack: StackKind,
+        bin: &Path,
+        flags: &[&str],
+        data_dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(flags)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(d) = &data_dir {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if log.len() == 200 {
+                    log.pop_front();
+                }
+                log.push_back(line);
+            }
+        });
+        let mut s = Self::external(stack, Endpoint::Grpc(GrpcConfig::new("")));
+        s.child = Some(child);
+        s._data_dir = data_dir;
+        s.log = log;
+        s.settings = String::new();
+        Ok(s)
+    }
+
+    /// The process ID, when loadgen started it.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().and_then(Child::id).map(|p| p as i32)
+    }
+
+    fn log_text(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            bail!(
+                "{} exited with {status} before it was ready:\n{}",
+                self.stack,
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for a stderr line containing `marker`; returns what follows it.
+    async fn wait_for_line(&mut self, marker: &str) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_owned()));
+            if let Some(rest) = found {
+                return Ok(rest);
+            }
+            self.check_alive()?;
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} not ready within {READY_TIMEOUT:?}:\n{}",
+                    self.stack,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls a health probe until it passes.
+    async fn wait_ready<F, Fut>(&mut self, probe: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let why = match probe().await {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            self.check_alive()?;
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} not healthy within {READY_TIMEOUT:?}: {why}\n{}",
+                    self.stack,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL) and deletes what it left on
+    /// the broker. `client_ids` are the queues the runs created.
+    pub async fn stop(mut self, client_ids: &[String]) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(stack = %self.stack, "server did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+        if let Endpoint::Amqp(config) = &self.endpoint
+            && let Err(e) = delete_queues(config, client_ids, self.own_namespace).await
+        {
+            tracing::warn!(
+                "could not clean up namespace {:?} on the broker: {e}",
+                config.namespace
+            );
+        }
+    }
+}
+
+/// Deletes the clients' queues (and, for a namespace loadgen created, the
+/// server's queues and exchange), so runs leave nothing on the broker.
+async fn delete_queues(
+    config: &AmqpConfig,
+    client_ids: &[String],
+    whole_namespace: bool,
+) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let names = Names::new(&config.namespace)?;
+    let conn = lapin::Connection::connect(
+        &config.url,
+        lapin::ConnectionProperties::default().with_connection_name("loadgen cleanup".into()),
+    )
+    .await?;
+    let mut queues: Vec<String> = client_ids
+        .iter()
+        .filter_map(|id| chat_core::ClientId::parse(id).ok())
+        .map(|id| names.client_queue(&id))
+        .collect();
+    if whole_namespace {
+        queues.push(names.server_queue());
+        queues.push(names.dead_queue());
+    }
+    let mut ch = conn.create_channel().await?;
+    for q in queues {
+        // An error closes the channel: go on with a new one.
+        if ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .is_err()
+        {
+            ch = conn.create_channel().await?;
+        }
+    }
+    if whole_namespace {
+        let _ = ch
+            .exchange_delete(
+                names.deliver_exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done".into())).await;
+    Ok(())
+}

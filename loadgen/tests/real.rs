@@ -1,0 +1,148 @@
+//! A short real run against each stack and each ceiling delivers everything:
+//! real gRPC servers on 127.0.0.1:0, the real broker at `AMQP_URL`, the bare
+//! relays as real `loadgen bare-server` child processes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chat_amqp::AmqpConfig;
+use chat_core::{ChatServer, ServerConfig};
+use chat_grpc::GrpcConfig;
+use loadgen::output::{Results, Row};
+use loadgen::run::Runner;
+use loadgen::scenario::{Load, Pattern, Point, StackKind};
+use loadgen::target::{Endpoint, Server, TargetArgs, fresh_tag};
+use tokio::sync::oneshot;
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| chat_amqp::DEFAULT_AMQP_URL.into())
+}
+
+fn target() -> TargetArgs {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    TargetArgs {
+        spawn: false,
+        grpc_url: String::new(),
+        amqp_url: amqp_url(),
+        namespace: String::new(),
+        bin_dir: exe.parent().map(PathBuf::from),
+        durability: "os".into(),
+    }
+}
+
+fn point(stack: StackKind, load: Load, pattern: Pattern) -> Point {
+    Point {
+        experiment: "test".into(),
+        stack,
+        clients: 4,
+        load,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(300),
+        payload: 128,
+        pattern,
+        seed: 7,
+        drain: Duration::from_secs(30),
+    }
+}
+
+fn assert_all_delivered(row: &Row) {
+    assert!(row.accepted > 10, "{row:?}");
+    assert_eq!(row.errors, 0, "{row:?}");
+    assert_eq!(row.sent, row.accepted, "{row:?}");
+    assert_eq!(row.lost, 0, "{row:?}");
+    assert_eq!(row.duplicates, 0, "{row:?}");
+    assert_eq!(row.delivered, row.accepted, "{row:?}");
+    assert!(row.e2e_count > 0 && row.e2e_p50_us > 0, "{row:?}");
+    assert!(row.delivery_rate > 0.0, "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stack_and_ceiling_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = Results::new(dir.path().join("results"));
+    let mut runner = Runner::new(target(), results.clone(), true, None).await;
+
+    // The gRPC chat, in-process on an ephemeral port.
+    let data = tempfile::tempdir().unwrap();
+    let chat = ChatServer::open(ServerConfig::new(data.path())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_grpc, stopped) = oneshot::channel::<()>();
+    let grpc = tokio::spawn(chat_grpc::run(listener, chat, async {
+        let _ = stopped.await;
+    }));
+
+    // The AMQP chat, in-process, on a namespace of its own.
+    let amqp_data = tempfile::tempdir().unwrap();
+    let amqp_chat = ChatServer::open(ServerConfig::new(amqp_data.path())).unwrap();
+    let config = AmqpConfig::new(amqp_url(), fresh_tag());
+    let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
+    let amqp = tokio::spawn(chat_amqp::run(config.clone(), amqp_chat, async {
+        let _ = amqp_stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while chat_amqp::health(&config).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "amqp-server not serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let servers = [
+        (StackKind::GrpcBare, None),
+        (StackKind::AmqpBare, None),
+        (
+            StackKind::Grpc,
+            Some(Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}")))),
+        ),
+        (StackKind::Amqp, Some(Endpoint::Amqp(config.clone()))),
+    ];
+    let mut rows = Vec::new();
+    for (stack, endpoint) in servers {
+        let server = match endpoint {
+            Some(e) => Server::at(stack, e, true),
+            None => Server::start(stack, &target(), 4096).await.unwrap(),
+        };
+        let mut ids = Vec::new();
+        for (load, pattern) in [
+            (Load::Rate(400.0), Pattern::Pairs),
+            (Load::Window(4), Pattern::Random),
+        ] {
+            let row = runner
+                .run_point(&point(stack, load, pattern), &server, &mut ids)
+                .await
+                .unwrap();
+            assert_all_delivered(&row);
+            rows.push(row);
+        }
+        server.stop(&ids).await;
+    }
+    let _ = stop_grpc.send(());
+    let _ = stop_amqp.send(());
+    grpc.await.unwrap().unwrap();
+    amqp.await.unwrap().unwrap();
+
+    // Chat rows carry their ratio to the ceiling measured before them.
+    assert!(
+        rows.iter()
+            .filter(|r| r.stack == "grpc" || r.stack == "amqp")
+            .all(|r| r.ceiling_ratio.is_some())
+    );
+    let written = results.rows().unwrap();
+    assert_eq!(written.len(), 8);
+    for r in &written {
+        assert!(
+            results
+                .hist_dir()
+                .join(format!("{}.csv", r.run_id))
+                .exists()
+        );
+        assert!(!r.machine.is_empty() && !r.git_rev.is_empty());
+    }
+    assert!(
+        written
+            .iter()
+            .any(|r| r.stack == "amqp" && r.broker_version.contains("RabbitMQ"))
+    );
+}
