@@ -19,7 +19,7 @@ use chat_core::{ChatClient, ClientId, ConnectionState, Incoming, IncomingEvent};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::probe::{self, Probe};
@@ -141,15 +141,29 @@ pub async fn run<C: ChatClient>(
         window,
         point: point.clone(),
         ids: ids.clone(),
-        senders: senders.len(),
     });
+    let mut pacer = None;
+    let mut slot_rx: Vec<Option<mpsc::UnboundedReceiver<Instant>>> =
+        (0..senders.len()).map(|_| None).collect();
+    if let Load::Rate(rate) = point.load {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..senders.len())
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        slot_rx = rxs.into_iter().map(Some).collect();
+        let end = epoch + point.warmup + point.duration;
+        pacer = Some(
+            std::thread::Builder::new()
+                .name("loadgen-pacer".into())
+                .spawn(move || pace(rate, epoch, end, &txs))?,
+        );
+    }
     let mut sending = Vec::new();
     for (k, &s) in senders.iter().enumerate() {
         sending.push(tokio::spawn(send(
             plan.clone(),
             clients[s].clone(),
             s,
-            k,
+            slot_rx[k].take(),
             permits[s].clone(),
             live.clone(),
         )));
@@ -165,6 +179,9 @@ pub async fn run<C: ChatClient>(
         let _ = tx.send(());
     }
 
+    if let Some(p) = pacer {
+        let _ = tokio::task::spawn_blocking(move || p.join()).await;
+    }
     let mut sender_logs = Vec::new();
     for s in sending {
         sender_logs.push(s.await?);
@@ -191,6 +208,34 @@ pub async fn run<C: ChatClient>(
     })
 }
 
+/// The open loop's clock: hands each sender its slots, round-robin, at
+/// `rate` in total. A thread of its own sleeps to each slot with the OS's
+/// timer (tens of µs), where the async runtime's timer would round every
+/// wake-up to its 1 ms tick and add that to every latency measured from the
+/// slot. A sender that falls behind finds its slots queued: their latency
+/// still counts from the slot.
+fn pace(rate: f64, epoch: Instant, end: Instant, senders: &[mpsc::UnboundedSender<Instant>]) {
+    /// Slots closer than this are handed out without sleeping (a sleep
+    /// costs more than it saves).
+    const SPIN_FREE: Duration = Duration::from_micros(50);
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let (epoch_std, end_std) = (epoch.into_std(), end.into_std());
+    for g in 0u64.. {
+        let slot = epoch_std + gap.mul_f64(g as f64);
+        if slot >= end_std {
+            break;
+        }
+        let wait = slot.saturating_duration_since(std::time::Instant::now());
+        if wait > SPIN_FREE {
+            std::thread::sleep(wait);
+        }
+        let k = (g % senders.len() as u64) as usize;
+        if senders[k].send(Instant::from_std(slot)).is_err() {
+            return;
+        }
+    }
+}
+
 /// A hint for the one failure at setup that is about the host, not loadgen.
 fn limit_hint(point: &Point) -> String {
     if point.stack.is_amqp() && point.clients > 500 {
@@ -209,7 +254,6 @@ struct SendPlan {
     window: Window,
     point: Point,
     ids: Vec<ClientId>,
-    senders: usize,
 }
 
 impl SendPlan {
@@ -253,7 +297,7 @@ async fn send<C: ChatClient>(
     plan: Arc<SendPlan>,
     client: C,
     me: usize,
-    rank: usize,
+    slots: Option<mpsc::UnboundedReceiver<Instant>>,
     window_permits: Arc<Semaphore>,
     live: Arc<Live>,
 ) -> SenderLog {
@@ -309,26 +353,23 @@ async fn send<C: ChatClient>(
         }
     };
     match point.load {
-        Load::Rate(total) => {
-            let per_sender = total / plan.senders as f64;
-            let interval = Duration::from_secs_f64(1.0 / per_sender);
-            // Spread the senders' slots evenly instead of all at once.
-            let mut slot = plan.epoch + interval.mul_f64(rank as f64 / plan.senders as f64);
-            while slot < end {
-                loop {
-                    tokio::select! {
-                        biased;
-                        Some(done) = in_flight.next(), if !in_flight.is_empty() => finish(&mut log, done),
-                        () = tokio::time::sleep_until(slot), if in_flight.len() < MAX_IN_FLIGHT_PER_SENDER => break,
-                    }
-                }
+        Load::Rate(_) => {
+            let mut slots = slots.expect("open loop has a pacer");
+            loop {
+                let slot = tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => { finish(&mut log, done); continue; }
+                    slot = slots.recv(), if in_flight.len() < MAX_IN_FLIGHT_PER_SENDER => match slot {
+                        Some(slot) => slot,
+                        None => break,
+                    },
+                };
                 if Instant::now() > slot + LATE_AFTER {
                     log.behind_schedule += 1;
                 }
                 let r = to.next();
                 let n = log.next_number(r as u32);
                 in_flight.push(one(r, n, slot));
-                slot += interval;
             }
         }
         Load::Window(_) => loop {

@@ -89,3 +89,23 @@ pub fn broker_open_file_limit(pid: i32) -> Option<u64> {
         procfs::process::LimitValue::Unlimited => None,
     }
 }
+
+/// Connections a RabbitMQ open-file limit allows, roughly: the broker keeps
+/// about a fifth of its limit for its own files.
+pub fn connection_budget(open_files: u64) -> u64 {
+    open_files * 4 / 5
+}
+
+/// Why the local broker cannot take `connections`, if it cannot.
+pub fn broker_capacity(connections: u64) -> Option<String> {
+    let pid = find_broker()?;
+    let limit = broker_open_file_limit(pid)?;
+    let budget = connection_budget(limit);
+    (connections > budget).then(|| {
+        format!(
+            "the local RabbitMQ (pid {pid}) may open {limit} files, about {budget} connections, and this run needs {connections}: \
+             restart it with a higher limit (`rabbitmqctl stop; ulimit -n 65536; rabbitmq-server -detached`), \
+             or use the compose broker (its `ulimits` allow 65536), or run fewer AMQP clients"
+        )
+    })
+}

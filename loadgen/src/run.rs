@@ -90,7 +90,11 @@ impl Runner {
             for stack in stacks {
                 let max_text = DEFAULT_MAX_TEXT.max(plan.max_payload());
                 self.note(format!("{}: starting {stack}", plan.name));
-                let server = Server::start(stack, &self.target, max_text).await?;
+                let mut target = self.target.clone();
+                if let Some(d) = &plan.durability {
+                    target.durability = d.clone();
+                }
+                let server = Server::start(stack, &target, max_text).await?;
                 let mut ids = Vec::new();
                 let result = self
                     .run_stack(plan, stack, &server, &mut ids, &mut rows, &overall)
@@ -132,6 +136,17 @@ impl Runner {
                     continue;
                 }
                 let point = self.sharded(point);
+                if stack.is_amqp()
+                    && let Some(problem) = procstat::broker_capacity(point.clients as u64 + 2)
+                {
+                    self.note(format!(
+                        "{}: skipping {}: {problem}",
+                        plan.name,
+                        point.describe()
+                    ));
+                    overall.inc(1);
+                    continue;
+                }
                 let row = self.run_point(&point, server, ids).await?;
                 if plan.stop_when_behind && !row.kept_up() {
                     self.note(format!(

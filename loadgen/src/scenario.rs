@@ -256,6 +256,9 @@ pub struct SweepFields {
     /// Rate ramps: stop climbing once delivery falls behind the offered
     /// rate (the rest of the ramp would only measure a saturated system).
     pub stop_when_behind: Option<bool>,
+    /// Durability of the chat servers this sweep starts (`os` or `fsync`;
+    /// default: loadgen's `--durability`).
+    pub durability: Option<String>,
 }
 
 impl SweepFields {
@@ -273,6 +276,7 @@ impl SweepFields {
             drain: self.drain.or(other.drain),
             seed: self.seed.or(other.seed),
             stop_when_behind: self.stop_when_behind.or(other.stop_when_behind),
+            durability: self.durability.or_else(|| other.durability.clone()),
         }
     }
 }
@@ -311,6 +315,8 @@ pub struct Plan {
     /// falls behind.
     pub ramps: Vec<Vec<Point>>,
     pub stop_when_behind: bool,
+    /// Durability the sweep's chat servers are started with, if it says.
+    pub durability: Option<String>,
 }
 
 impl Plan {
@@ -390,6 +396,13 @@ fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
         }
         (None, None) => return Err(format!("sweep {name:?}: give rates or windows")),
     };
+    if let Some(d) = &f.durability
+        && !matches!(d.as_str(), "os" | "fsync")
+    {
+        return Err(format!(
+            "sweep {name:?}: durability {d:?}: use \"os\" or \"fsync\""
+        ));
+    }
     let stacks = f.stacks.clone().unwrap_or_else(|| StackKind::ALL.to_vec());
     let clients = f.clients.clone().unwrap_or_else(|| vec![10]);
     let payloads = f.payloads.clone().unwrap_or_else(|| vec![64]);
@@ -426,6 +439,7 @@ fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
         name: name.to_owned(),
         ramps,
         stop_when_behind: f.stop_when_behind.unwrap_or(false),
+        durability: f.durability.clone(),
     })
 }
 

@@ -164,24 +164,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("in {}", path.display()))?,
         None => vec![single_plan(&args)?],
     };
-    let needs_amqp = plans
-        .iter()
-        .flat_map(|p| &p.ramps)
-        .flatten()
-        .any(|p| p.stack.is_amqp());
-    if needs_amqp {
-        let most = plans
-            .iter()
-            .flat_map(|p| &p.ramps)
-            .flatten()
-            .filter(|p| p.stack.is_amqp())
-            .map(|p| p.clients)
-            .max()
-            .unwrap_or(0);
-        if let Some(problem) = broker_capacity(most as u64 + 2) {
-            bail!("{problem}");
-        }
-    }
     let mut runner = Runner::new(
         args.target.clone(),
         Results::new(&args.results),
@@ -233,26 +215,7 @@ fn single_plan(args: &RunArgs) -> anyhow::Result<Plan> {
         name: "adhoc".into(),
         ramps,
         stop_when_behind: false,
-    })
-}
-
-/// Connections one RabbitMQ file descriptor budget allows, roughly: the
-/// broker keeps about a fifth of its limit for its own files.
-fn connection_budget(open_files: u64) -> u64 {
-    open_files * 4 / 5
-}
-
-/// A message when the local broker cannot take `connections`.
-fn broker_capacity(connections: u64) -> Option<String> {
-    let pid = loadgen::procstat::find_broker()?;
-    let limit = loadgen::procstat::broker_open_file_limit(pid)?;
-    let budget = connection_budget(limit);
-    (connections > budget).then(|| {
-        format!(
-            "the local RabbitMQ (pid {pid}) may open {limit} files, about {budget} connections, and this run needs {connections}: \
-             restart it with a higher limit (`rabbitmqctl stop; ulimit -n 65536; rabbitmq-server -detached`), \
-             or use the compose broker (its `ulimits` allow 65536), or run fewer AMQP clients"
-        )
+        durability: None,
     })
 }
 
@@ -261,7 +224,7 @@ fn check_broker(clients: u64) -> anyhow::Result<()> {
         bail!("no RabbitMQ runs on this host (a remote broker's limit cannot be read from here)");
     };
     let limit = loadgen::procstat::broker_open_file_limit(pid);
-    match broker_capacity(clients + 2) {
+    match loadgen::procstat::broker_capacity(clients + 2) {
         Some(problem) => bail!("{problem}"),
         None => {
             eprintln!(
