@@ -88,6 +88,22 @@ impl Runner {
             stacks.sort_by_key(|s| (!matches!(s, StackKind::GrpcBare | StackKind::AmqpBare), *s));
             stacks.dedup();
             for stack in stacks {
+                let chat = matches!(stack, StackKind::Grpc | StackKind::Amqp);
+                if plan.durability.is_some() && chat && !self.target.spawn {
+                    // A running server's durability is its own: rows would be mislabelled.
+                    self.note(format!(
+                        "{}: skipping {stack}: this sweep sets the server's durability, which needs --spawn",
+                        plan.name
+                    ));
+                    let points: usize = plan
+                        .ramps
+                        .iter()
+                        .filter(|r| r.first().is_some_and(|p| p.stack == stack))
+                        .map(Vec::len)
+                        .sum();
+                    overall.inc(points as u64);
+                    continue;
+                }
                 let max_text = DEFAULT_MAX_TEXT.max(plan.max_payload());
                 self.note(format!("{}: starting {stack}", plan.name));
                 let mut target = self.target.clone();
