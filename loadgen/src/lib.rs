@@ -17,6 +17,7 @@ pub mod bare;
 pub mod driver;
 pub mod machine;
 pub mod output;
+pub mod plot;
 pub mod probe;
 pub mod procstat;
 pub mod record;

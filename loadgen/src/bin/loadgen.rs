@@ -27,6 +27,12 @@ struct Cli {
 enum Command {
     /// Run an experiment file, or one point given by flags.
     Run(Box<RunArgs>),
+    /// Draw the charts (PNG) and summary.md of a results folder from its runs.csv.
+    Plot {
+        /// The results folder (runs.csv, hist/); the charts go there too.
+        #[arg(long, env = "LOADGEN_RESULTS", default_value = "results")]
+        results: PathBuf,
+    },
     /// Say whether the local broker can take N connections (its open-file limit).
     CheckBroker {
         /// Connections the run will open (one per AMQP client, plus servers).
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run(*args).await,
+        Command::Plot { results } => loadgen::plot::plot(&Results::new(results)).map(drop),
         Command::CheckBroker { clients } => check_broker(clients),
         Command::BareServer { kind } => bare(kind).await,
     }
