@@ -51,11 +51,31 @@ pub struct Outcome {
     pub drain: Duration,
 }
 
-/// Where the measured window starts and ends, for process sampling.
+/// Where a run is, for whoever acts on its phases (process sampling, fault
+/// injection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting and joining, then warming up.
+    #[default]
+    Setup,
+    /// The measured window.
+    Window,
+    /// Sending stopped (draining, or done).
+    Ended,
+}
+
+/// Announces the run's phases.
 #[derive(Debug, Default)]
 pub struct Marks {
-    pub window_start: Option<tokio::sync::oneshot::Sender<()>>,
-    pub window_end: Option<tokio::sync::oneshot::Sender<()>>,
+    pub phase: Option<watch::Sender<Phase>>,
+}
+
+impl Marks {
+    fn set(&self, phase: Phase) {
+        if let Some(tx) = &self.phase {
+            let _ = tx.send(phase);
+        }
+    }
 }
 
 /// Runs one point against `config`. Client IDs are `<tag>-<index>`.
@@ -64,7 +84,7 @@ pub async fn run<C: ChatClient>(
     point: &Point,
     tag: &str,
     live: Arc<Live>,
-    mut marks: Marks,
+    marks: Marks,
 ) -> anyhow::Result<Outcome> {
     let n = point.clients;
     let ids: Vec<ClientId> = (0..n)
@@ -171,13 +191,9 @@ pub async fn run<C: ChatClient>(
 
     // Process figures are sampled over the measured window only.
     tokio::time::sleep_until(epoch + point.warmup).await;
-    if let Some(tx) = marks.window_start.take() {
-        let _ = tx.send(());
-    }
+    marks.set(Phase::Window);
     tokio::time::sleep_until(epoch + point.warmup + point.duration).await;
-    if let Some(tx) = marks.window_end.take() {
-        let _ = tx.send(());
-    }
+    marks.set(Phase::Ended);
 
     if let Some(p) = pacer {
         let _ = tokio::task::spawn_blocking(move || p.join()).await;
@@ -334,9 +350,11 @@ async fn send<C: ChatClient>(
     };
     let finish = |log: &mut SenderLog, (to, n, slot, issued, r): SendResult| {
         let answered = Instant::now();
+        let answered_ns = plan.ns_since_epoch(answered);
         match r {
             Ok(()) => {
                 live.accepted.fetch_add(1, Ordering::Relaxed);
+                log.timeline.accepted(answered_ns);
                 log.accepted(
                     to,
                     n,
@@ -347,6 +365,7 @@ async fn send<C: ChatClient>(
             }
             Err(e) => {
                 live.errors.fetch_add(1, Ordering::Relaxed);
+                log.timeline.error(answered_ns);
                 tracing::debug!(error = %e, "send failed");
                 log.failed(error_kind(&e));
             }

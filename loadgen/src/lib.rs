@@ -16,10 +16,12 @@
 pub mod bare;
 pub mod driver;
 pub mod machine;
+pub mod merge;
 pub mod output;
 pub mod plot;
 pub mod probe;
 pub mod procstat;
+pub mod proxy;
 pub mod record;
 pub mod run;
 pub mod scenario;

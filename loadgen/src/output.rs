@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 /// One run, as a row of `results/runs.csv`. Field order is the column
 /// order; add new columns at the end only, and document them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+// Columns an older loadgen did not write read as empty.
+#[serde(default)]
 pub struct Row {
     pub run_id: String,
     pub started_at: String,
@@ -69,6 +71,11 @@ pub struct Row {
     pub git_rev: String,
     pub machine: String,
     pub broker_version: String,
+    pub fault: String,
+    pub fault_at_s: Option<f64>,
+    pub fault_downtime_s: Option<f64>,
+    pub recovery_s: Option<f64>,
+    pub fault_max_e2e_us: Option<u64>,
 }
 
 impl Row {
@@ -204,6 +211,25 @@ impl Results {
         Ok(())
     }
 
+    /// Writes `<id>.timeline.csv`: the run in 100 ms buckets.
+    pub fn write_timeline(&self, run_id: &str, t: &crate::record::Timeline) -> anyhow::Result<()> {
+        let dir = self.hist_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut w = csv::Writer::from_path(dir.join(format!("{run_id}.timeline.csv")))?;
+        w.write_record(["t_s", "accepted", "errors", "delivered", "max_e2e_us"])?;
+        for (t_s, a, e, d, m) in t.rows() {
+            w.write_record([
+                format!("{t_s:.1}"),
+                a.to_string(),
+                e.to_string(),
+                d.to_string(),
+                m.to_string(),
+            ])?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
     pub fn read_histogram(&self, run_id: &str, kind: &str) -> anyhow::Result<Histogram<u64>> {
         let path = self.hist_dir().join(format!("{run_id}.{kind}.hdr"));
         let bytes =
@@ -301,10 +327,10 @@ mod tests {
     #[test]
     fn the_csv_header_is_stable() {
         let h = header();
-        assert_eq!(h.len(), 54);
+        assert_eq!(h.len(), 59);
         assert_eq!(&h[..4], ["run_id", "started_at", "experiment", "stack"]);
         assert!(h.contains(&"e2e_p999_us".to_owned()));
-        assert_eq!(h.last().map(String::as_str), Some("broker_version"));
+        assert_eq!(h.last().map(String::as_str), Some("fault_max_e2e_us"));
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/results.md"))
                 .unwrap();

@@ -104,8 +104,8 @@ pub fn broker_capacity(connections: u64) -> Option<String> {
     (connections > budget).then(|| {
         format!(
             "the local RabbitMQ (pid {pid}) may open {limit} files, about {budget} connections, and this run needs {connections}: \
-             restart it with a higher limit (`rabbitmqctl stop; ulimit -n 65536; rabbitmq-server -detached`), \
-             or use the compose broker (its `ulimits` allow 65536), or run fewer AMQP clients"
+             raise the limit of the user it runs as (Debian's package: `echo 'rabbitmq - nofile 20000' > /etc/security/limits.d/rabbitmq.conf`, then `rabbitmqctl stop; rabbitmq-server -detached`), \
+             or use the compose broker (its `ulimits` allow 16384), or run fewer AMQP clients"
         )
     })
 }

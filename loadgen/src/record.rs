@@ -92,6 +92,126 @@ impl Bits {
     }
 }
 
+/// Width of one timeline bucket.
+pub const TICK: Duration = Duration::from_millis(100);
+const TICK_NS: u64 = TICK.as_nanos() as u64;
+
+/// The run as a function of time, in [`TICK`] buckets since the run's
+/// epoch: what a fault does to throughput and latency, and when it recovers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timeline {
+    pub accepted: Vec<u32>,
+    pub errors: Vec<u32>,
+    pub delivered: Vec<u32>,
+    /// Largest end-to-end latency of the messages shown in the bucket, µs.
+    pub max_e2e_us: Vec<u32>,
+}
+
+fn bucket(v: &mut Vec<u32>, ns: u64) -> &mut u32 {
+    let i = usize::try_from(ns / TICK_NS).unwrap_or(usize::MAX);
+    if i >= v.len() {
+        v.resize(i + 1, 0);
+    }
+    &mut v[i]
+}
+
+fn add_into(into: &mut Vec<u32>, from: &[u32], combine: fn(u32, u32) -> u32) {
+    if from.len() > into.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, &b) in into.iter_mut().zip(from) {
+        *a = combine(*a, b);
+    }
+}
+
+impl Timeline {
+    pub fn accepted(&mut self, ns: u64) {
+        *bucket(&mut self.accepted, ns) += 1;
+    }
+
+    pub fn error(&mut self, ns: u64) {
+        *bucket(&mut self.errors, ns) += 1;
+    }
+
+    pub fn delivered(&mut self, ns: u64, latency: Duration) {
+        *bucket(&mut self.delivered, ns) += 1;
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let max = bucket(&mut self.max_e2e_us, ns);
+        *max = (*max).max(us);
+    }
+
+    pub fn add(&mut self, other: &Timeline) {
+        add_into(&mut self.accepted, &other.accepted, u32::saturating_add);
+        add_into(&mut self.errors, &other.errors, u32::saturating_add);
+        add_into(&mut self.delivered, &other.delivered, u32::saturating_add);
+        add_into(&mut self.max_e2e_us, &other.max_e2e_us, u32::max);
+    }
+
+    /// Buckets in all four series.
+    pub fn len(&self) -> usize {
+        [
+            &self.accepted,
+            &self.errors,
+            &self.delivered,
+            &self.max_e2e_us,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .max()
+        .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn at(v: &[u32], i: usize) -> u32 {
+        v.get(i).copied().unwrap_or(0)
+    }
+
+    /// `(start of bucket in s, accepted, errors, delivered, max e2e µs)`.
+    pub fn rows(&self) -> impl Iterator<Item = (f64, u32, u32, u32, u32)> + '_ {
+        (0..self.len()).map(|i| {
+            (
+                (i as u64 * TICK_NS) as f64 / 1e9,
+                Self::at(&self.accepted, i),
+                Self::at(&self.errors, i),
+                Self::at(&self.delivered, i),
+                Self::at(&self.max_e2e_us, i),
+            )
+        })
+    }
+
+    /// After a fault at `fault_ns`: how long until deliveries are back to
+    /// normal, where normal is the mean per bucket between `from_ns` and the
+    /// fault. The dip is the first bucket after the fault below half of
+    /// normal; recovery is the end of the first bucket after the dip back at
+    /// 90% or more. `Some(ZERO)`: no dip; `None`: no recovery in the run.
+    pub fn recovery(&self, from_ns: u64, fault_ns: u64) -> Option<Duration> {
+        let (a, f) = ((from_ns / TICK_NS) as usize, (fault_ns / TICK_NS) as usize);
+        if f <= a {
+            return None;
+        }
+        let before: u64 = (a..f)
+            .map(|i| u64::from(Self::at(&self.delivered, i)))
+            .sum();
+        let normal = before as f64 / (f - a) as f64;
+        let level = |i: usize| f64::from(Self::at(&self.delivered, i));
+        let Some(dip) = (f..self.len()).find(|&i| level(i) < 0.5 * normal) else {
+            return Some(Duration::ZERO);
+        };
+        (dip + 1..self.len())
+            .find(|&i| level(i) >= 0.9 * normal)
+            .map(|i| Duration::from_nanos(((i as u64 + 1) * TICK_NS).saturating_sub(fault_ns)))
+    }
+
+    /// Largest end-to-end latency shown from `from_ns` on, µs.
+    pub fn max_latency_since(&self, from_ns: u64) -> u32 {
+        let a = (from_ns / TICK_NS) as usize;
+        self.max_e2e_us.iter().skip(a).copied().max().unwrap_or(0)
+    }
+}
+
 /// The measured part of the run, in nanoseconds since the run's epoch.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
@@ -125,6 +245,7 @@ pub struct SenderLog {
     pub errors: BTreeMap<String, u64>,
     /// Send → server's answer, for sends scheduled inside the window.
     pub accept_us: Samples,
+    pub timeline: Timeline,
     next: HashMap<u32, u64>,
     accepted_bits: HashMap<u32, Bits>,
 }
@@ -142,6 +263,7 @@ impl SenderLog {
             behind_schedule: 0,
             errors: BTreeMap::new(),
             accept_us: Samples::default(),
+            timeline: Timeline::default(),
             next: HashMap::new(),
             accepted_bits: HashMap::new(),
         }
@@ -201,6 +323,7 @@ pub struct ReceiverLog {
     pub e2e_us: Samples,
     /// Connection changes the client reported (reconnects, closes).
     pub reconnects: u64,
+    pub timeline: Timeline,
     flows: HashMap<u32, Flow>,
 }
 
@@ -215,6 +338,7 @@ impl ReceiverLog {
             foreign: 0,
             e2e_us: Samples::default(),
             reconnects: 0,
+            timeline: Timeline::default(),
             flows: HashMap::new(),
         }
     }
@@ -231,6 +355,10 @@ impl ReceiverLog {
             _ => flow.highest = Some(p.n),
         }
         self.delivered += 1;
+        self.timeline.delivered(
+            now_ns,
+            Duration::from_nanos(now_ns.saturating_sub(p.intended_ns)),
+        );
         if window.contains(now_ns) {
             self.delivered_in_window += 1;
         }
@@ -262,6 +390,7 @@ pub struct Totals {
     pub reconnects: u64,
     pub e2e_us: Histogram<u64>,
     pub accept_us: Histogram<u64>,
+    pub timeline: Timeline,
 }
 
 impl Totals {
@@ -288,6 +417,7 @@ pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
         reconnects: 0,
         e2e_us: histogram(),
         accept_us: histogram(),
+        timeline: Timeline::default(),
     };
     let empty = Flow::default();
     let by_index: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.index, r)).collect();
@@ -300,6 +430,7 @@ pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
             *t.errors.entry(k.clone()).or_insert(0) += v;
         }
         s.accept_us.add_to(&mut t.accept_us);
+        t.timeline.add(&s.timeline);
         for (to, accepted) in &s.accepted_bits {
             let flow = by_index
                 .get(to)
@@ -324,6 +455,7 @@ pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
         t.foreign += r.foreign;
         t.reconnects += r.reconnects;
         r.e2e_us.add_to(&mut t.e2e_us);
+        t.timeline.add(&r.timeline);
         for (from, flow) in &r.flows {
             t.delivered_unaccepted += flow.seen.count_missing_from(accepted_of(*from, r.index));
         }
@@ -439,6 +571,32 @@ mod tests {
         assert_eq!(h.value_at_quantile(0.9), 900);
         assert_eq!(h.value_at_quantile(0.99), 990);
         assert_eq!(h.max(), 1000);
+    }
+
+    #[test]
+    fn the_timeline_shows_a_gap_and_its_recovery() {
+        let ms = |m: u64| m * 1_000_000;
+        let mut t = Timeline::default();
+        // 10 deliveries per 100 ms bucket for 1 s, nothing for 0.5 s (a
+        // fault at 1.0 s), then 10 again; one slow message after the gap.
+        for b in (0..10).chain(15..20) {
+            for k in 0..10 {
+                t.delivered(ms(b * 100 + k), Duration::from_micros(200));
+            }
+        }
+        t.delivered(ms(1500), Duration::from_millis(450));
+        assert_eq!(t.delivered[12], 0);
+        assert_eq!(t.recovery(0, ms(1000)), Some(Duration::from_millis(600)));
+        // A fault that only bites later (a broker taking time to stop).
+        assert_eq!(t.recovery(0, ms(800)), Some(Duration::from_millis(800)));
+        assert_eq!(t.recovery(0, ms(1900)), Some(Duration::ZERO), "no dip");
+        assert_eq!(t.max_latency_since(ms(1000)), 450_000);
+        let mut sum = Timeline::default();
+        sum.add(&t);
+        sum.add(&t);
+        assert_eq!(sum.delivered[0], 20);
+        assert_eq!(sum.max_e2e_us[15], 450_000);
+        assert_eq!(sum.rows().count(), 20);
     }
 
     #[test]

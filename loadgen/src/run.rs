@@ -12,10 +12,11 @@ use chat_amqp::AmqpClient;
 use chat_grpc::GrpcClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::driver::{self, Live, Marks, Outcome};
+use crate::driver::{self, Live, Marks, Outcome, Phase};
 use crate::output::{Results, Row, percentiles};
 use crate::procstat::{self, Usage, Watched};
-use crate::scenario::{Plan, Point, StackKind};
+use crate::proxy::Proxy;
+use crate::scenario::{FaultKind, Plan, Point, StackKind};
 use crate::target::{Endpoint, Server, TargetArgs, fresh_tag};
 
 /// Everything a set of runs shares.
@@ -209,8 +210,7 @@ impl Runner {
         bar.enable_steady_tick(Duration::from_millis(120));
         let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
 
-        let (start_tx, start_rx) = tokio::sync::oneshot::channel();
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Setup);
         let mut procs = vec![("loadgen", Watched::myself())];
         if let Some(pid) = server.pid() {
             procs.push(("server", Watched::new(pid)));
@@ -220,12 +220,13 @@ impl Runner {
         {
             procs.push(("broker", Watched::new(pid)));
         }
+        let mut phase = phase_rx.clone();
         let sampler = tokio::spawn(async move {
-            if start_rx.await.is_ok() {
+            if phase.wait_for(|p| *p == Phase::Window).await.is_ok() {
                 for (_, w) in &mut procs {
                     w.begin();
                 }
-                let _ = end_rx.await;
+                let _ = phase.wait_for(|p| *p == Phase::Ended).await;
             }
             procs
                 .into_iter()
@@ -233,21 +234,35 @@ impl Runner {
                 .collect::<HashMap<_, _>>()
         });
         let marks = Marks {
-            window_start: Some(start_tx),
-            window_end: Some(end_tx),
+            phase: Some(phase_tx),
         };
-        let outcome = match &server.endpoint {
-            Endpoint::Grpc(c) => {
-                driver::run::<GrpcClient>(c, point, &tag, live.clone(), marks).await
+        let proxy = match point.fault {
+            Some(f) if f.kind == FaultKind::CutConnections => {
+                Some(Proxy::start(upstream(&server.endpoint)?).await?)
             }
-            Endpoint::Amqp(c) => {
-                driver::run::<AmqpClient>(c, point, &tag, live.clone(), marks).await
+            _ => None,
+        };
+        let endpoint = match &proxy {
+            Some(p) => through(&server.endpoint, p.addr()),
+            None => server.endpoint.clone(),
+        };
+        let drive = async {
+            match &endpoint {
+                Endpoint::Grpc(c) => {
+                    driver::run::<GrpcClient>(c, point, &tag, live.clone(), marks).await
+                }
+                Endpoint::Amqp(c) => {
+                    driver::run::<AmqpClient>(c, point, &tag, live.clone(), marks).await
+                }
             }
         };
+        let (outcome, injected) =
+            tokio::join!(drive, inject(point, server, proxy.as_ref(), phase_rx));
         ticker.abort();
         bar.finish_and_clear();
         self.bars.remove(&bar);
         let outcome = outcome?;
+        injected?;
         let usage = sampler.await.unwrap_or_default();
         let row = self.row(point, &tag, &started_at, &outcome, &usage, server);
         self.results.write_histograms(
@@ -255,6 +270,8 @@ impl Runner {
             &outcome.totals.e2e_us,
             &outcome.totals.accept_us,
         )?;
+        self.results
+            .write_timeline(&row.run_id, &outcome.totals.timeline)?;
         self.results.append(&row)?;
         if matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare) {
             self.ceilings.insert(
@@ -365,7 +382,19 @@ impl Runner {
             } else {
                 String::new()
             },
+            ..Row::default()
         };
+        if let Some(f) = point.fault {
+            let fault_ns = o.window.start_ns + f.at.as_nanos() as u64;
+            row.fault = f.kind.name().to_owned();
+            row.fault_at_s = Some(f.at.as_secs_f64());
+            row.fault_downtime_s = Some(f.downtime.as_secs_f64());
+            row.recovery_s = t
+                .timeline
+                .recovery(o.window.start_ns, fault_ns)
+                .map(|d| d.as_secs_f64());
+            row.fault_max_e2e_us = Some(u64::from(t.timeline.max_latency_since(fault_ns)));
+        }
         if !matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare)
             && let Some(&ceiling) =
                 self.ceilings
@@ -376,6 +405,94 @@ impl Runner {
         }
         row
     }
+}
+
+/// Where the clients of `endpoint` connect (`host:port`).
+fn upstream(endpoint: &Endpoint) -> anyhow::Result<String> {
+    let url = match endpoint {
+        Endpoint::Grpc(c) => c.server.as_str(),
+        Endpoint::Amqp(c) => c.url.as_str(),
+    };
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split(['/', '?']).next().unwrap_or_default();
+    match endpoint {
+        Endpoint::Amqp(_) if !hostport.contains(':') => Ok(format!("{hostport}:5672")),
+        _ => Ok(hostport.to_owned()),
+    }
+}
+
+/// `endpoint` with its host and port replaced by the proxy's.
+fn through(endpoint: &Endpoint, proxy: std::net::SocketAddr) -> Endpoint {
+    let replace = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+        let (user, hostrest) = match rest.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), rest),
+        };
+        let tail = hostrest.find(['/', '?']).map_or("", |i| &hostrest[i..]);
+        format!("{scheme}://{user}{proxy}{tail}")
+    };
+    match endpoint {
+        Endpoint::Grpc(c) => {
+            let mut c = c.clone();
+            c.server = replace(&c.server);
+            Endpoint::Grpc(c)
+        }
+        Endpoint::Amqp(c) => {
+            let mut c = c.clone();
+            c.url = replace(&c.url);
+            Endpoint::Amqp(c)
+        }
+    }
+}
+
+/// Injects the point's fault, if any, `at` into the measured window.
+async fn inject(
+    point: &Point,
+    server: &Server,
+    proxy: Option<&Proxy>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+) -> anyhow::Result<()> {
+    let Some(fault) = point.fault else {
+        return Ok(());
+    };
+    if phase.wait_for(|p| *p == Phase::Window).await.is_err() {
+        return Ok(());
+    }
+    tokio::time::sleep(fault.at).await;
+    tracing::info!(fault = fault.kind.name(), "injecting");
+    match fault.kind {
+        FaultKind::KillServer => server.kill_and_restart(fault.downtime).await,
+        FaultKind::CutConnections => {
+            proxy
+                .expect("a proxy for cut-connections")
+                .cut(fault.downtime);
+            Ok(())
+        }
+        FaultKind::RestartBroker => {
+            rabbitmqctl("stop_app").await?;
+            tokio::time::sleep(fault.downtime).await;
+            rabbitmqctl("start_app").await
+        }
+    }
+}
+
+async fn rabbitmqctl(action: &str) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .arg(action)
+        .output()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("restart-broker needs rabbitmqctl on this host (a local broker): {e}")
+        })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "rabbitmqctl {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Refreshes a point's progress line with the current rates.

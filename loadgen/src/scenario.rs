@@ -144,6 +144,41 @@ impl fmt::Display for Load {
     }
 }
 
+/// A fault injected into a run, to see what it costs and whether anything
+/// is lost or shown twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL the chat server (started with --spawn), restart it on the
+    /// same data and address after the downtime.
+    KillServer,
+    /// Stop the local RabbitMQ application (`rabbitmqctl stop_app`) and
+    /// start it again after the downtime: every connection drops.
+    RestartBroker,
+    /// Cut every client connection (clients go through a TCP proxy inside
+    /// loadgen) and refuse new ones for the downtime.
+    CutConnections,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KillServer => "kill-server",
+            Self::RestartBroker => "restart-broker",
+            Self::CutConnections => "cut-connections",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// When, counted from the start of the measured window.
+    pub at: Duration,
+    /// How long the fault lasts before the system is given back.
+    pub downtime: Duration,
+}
+
 /// One run.
 #[derive(Clone, Debug)]
 pub struct Point {
@@ -164,6 +199,7 @@ pub struct Point {
     /// How long to wait after the last send for messages still in flight;
     /// what has not arrived by then counts as lost.
     pub drain: Duration,
+    pub fault: Option<Fault>,
 }
 
 impl Point {
@@ -200,6 +236,24 @@ impl Point {
         }
         if self.payload == 0 {
             return Err("payload 0: a chat message has at least one byte".into());
+        }
+        if let Some(f) = self.fault {
+            if f.at >= self.duration {
+                return Err(format!(
+                    "fault at {:?} is after the {:?} run",
+                    f.at, self.duration
+                ));
+            }
+            let ceiling = matches!(self.stack, StackKind::GrpcBare | StackKind::AmqpBare);
+            if ceiling {
+                return Err(format!(
+                    "{}: faults are for the chats, not the ceilings",
+                    f.kind.name()
+                ));
+            }
+            if f.kind == FaultKind::RestartBroker && !self.stack.is_amqp() {
+                return Err("restart-broker: the gRPC chat has no broker".into());
+            }
         }
         Ok(())
     }
@@ -259,6 +313,12 @@ pub struct SweepFields {
     /// Durability of the chat servers this sweep starts (`os` or `fsync`;
     /// default: loadgen's `--durability`).
     pub durability: Option<String>,
+    pub fault: Option<FaultKind>,
+    /// When the fault strikes, from the start of the measured window.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub fault_at: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub fault_downtime: Option<Duration>,
 }
 
 impl SweepFields {
@@ -277,6 +337,9 @@ impl SweepFields {
             seed: self.seed.or(other.seed),
             stop_when_behind: self.stop_when_behind.or(other.stop_when_behind),
             durability: self.durability.or_else(|| other.durability.clone()),
+            fault: self.fault.or(other.fault),
+            fault_at: self.fault_at.or(other.fault_at),
+            fault_downtime: self.fault_downtime.or(other.fault_downtime),
         }
     }
 }
@@ -403,6 +466,12 @@ fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
             "sweep {name:?}: durability {d:?}: use \"os\" or \"fsync\""
         ));
     }
+    let duration = f.duration.unwrap_or(Duration::from_secs(10));
+    let fault = f.fault.map(|kind| Fault {
+        kind,
+        at: f.fault_at.unwrap_or(duration / 3),
+        downtime: f.fault_downtime.unwrap_or(Duration::from_secs(1)),
+    });
     let stacks = f.stacks.clone().unwrap_or_else(|| StackKind::ALL.to_vec());
     let clients = f.clients.clone().unwrap_or_else(|| vec![10]);
     let payloads = f.payloads.clone().unwrap_or_else(|| vec![64]);
@@ -419,12 +488,13 @@ fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
                             stack,
                             clients: n,
                             load,
-                            duration: f.duration.unwrap_or(Duration::from_secs(10)),
+                            duration,
                             warmup: f.warmup.unwrap_or(Duration::from_secs(2)),
                             payload,
                             pattern,
                             seed: f.seed.unwrap_or(1),
                             drain: f.drain.unwrap_or(Duration::from_secs(10)),
+                            fault,
                         })
                         .collect();
                     for p in &ramp {

@@ -61,7 +61,10 @@ pub enum Endpoint {
 pub struct Server {
     pub stack: StackKind,
     pub endpoint: Endpoint,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
+    /// How the child was started (binary and flags, the listen address made
+    /// fixed), to start it again after a `kill-server` fault.
+    recipe: Option<(PathBuf, Vec<String>)>,
     /// Kept until the server stops; removed on drop.
     _data_dir: Option<tempfile::TempDir>,
     /// The namespace to delete from the broker afterwards (spawned only).
@@ -174,6 +177,12 @@ impl Server {
                 ];
                 let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
                 let addr = s.wait_for_line("listening on ").await?;
+                // A restart must come back at the same address.
+                if let Some((_, flags)) = &mut s.recipe
+                    && let Some(i) = flags.iter().position(|f| f == "127.0.0.1:0")
+                {
+                    flags[i] = addr.clone();
+                }
                 let url = format!("http://{addr}");
                 s.wait_ready(|| chat_grpc::health::check(&url, Duration::from_secs(2)))
                     .await?;
@@ -247,7 +256,8 @@ impl Server {
         Self {
             stack,
             endpoint,
-            child: None,
+            child: Mutex::new(None),
+            recipe: None,
             _data_dir: None,
             own_namespace: false,
             log: Arc::default(),
@@ -261,42 +271,62 @@ impl Server {
         flags: &[&str],
         data_dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         if let Some(d) = &data_dir {
-            cmd.arg("--data-dir").arg(d.path());
+            flags.push("--data-dir".into());
+            flags.push(d.path().display().to_string());
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
         let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
-                if log.len() == 200 {
-                    log.pop_front();
-                }
-                log.push_back(line);
-            }
-        });
+        let child = launch(bin, &flags, &log)?;
         let mut s = Self::external(stack, Endpoint::Grpc(GrpcConfig::new("")));
-        s.child = Some(child);
+        s.child = Mutex::new(Some(child));
+        s.recipe = Some((bin.to_owned(), flags));
         s._data_dir = data_dir;
         s.log = log;
         s.settings = String::new();
         Ok(s)
     }
 
+    /// SIGKILL, then the same binary with the same flags, data and address
+    /// after `downtime`; returns once it is healthy again.
+    pub async fn kill_and_restart(&self, downtime: Duration) -> anyhow::Result<()> {
+        let Some((bin, flags)) = &self.recipe else {
+            bail!("kill-server needs a server loadgen started (--spawn)");
+        };
+        let old = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = old {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        tokio::time::sleep(downtime).await;
+        let child = launch(bin, flags, &self.log)?;
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = match &self.endpoint {
+                Endpoint::Grpc(c) => chat_grpc::health::check(&c.server, Duration::from_secs(2))
+                    .await
+                    .is_ok(),
+                Endpoint::Amqp(c) => chat_amqp::health(c).await.is_ok(),
+            };
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not come back within {READY_TIMEOUT:?}:\n{}",
+                    self.stack,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process ID, when loadgen started it.
     pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().and_then(Child::id).map(|p| p as i32)
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        child.as_ref().and_then(Child::id).map(|p| p as i32)
     }
 
     fn log_text(&self) -> String {
@@ -305,9 +335,11 @@ impl Server {
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = &mut self.child
-            && let Ok(Some(status)) = child.try_wait()
-        {
+        let status = match self.child.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            Some(child) => child.try_wait().ok().flatten(),
+            None => None,
+        };
+        if let Some(status) = status {
             bail!(
                 "{} exited with {status} before it was ready:\n{}",
                 self.stack,
@@ -368,8 +400,9 @@ impl Server {
 
     /// Stops the process (SIGTERM, then SIGKILL) and deletes what it left on
     /// the broker. `client_ids` are the queues the runs created.
-    pub async fn stop(mut self, client_ids: &[String]) {
-        if let Some(mut child) = self.child.take() {
+    pub async fn stop(self, client_ids: &[String]) {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
@@ -393,6 +426,35 @@ impl Server {
             );
         }
     }
+}
+
+/// Starts `bin` with `flags`, its stderr kept (last 200 lines) in `log`.
+fn launch(
+    bin: &Path,
+    flags: &[String],
+    log: &Arc<Mutex<VecDeque<String>>>,
+) -> anyhow::Result<Child> {
+    let mut child = Command::new(bin)
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() == 200 {
+                log.pop_front();
+            }
+            log.push_back(line);
+        }
+    });
+    Ok(child)
 }
 
 /// Deletes the clients' queues (and, for a namespace loadgen created, the

@@ -167,6 +167,7 @@ async fn drops_duplicates_and_reordering_are_reported_exactly() {
         pattern: Pattern::Pairs,
         seed: 1,
         drain: Duration::from_millis(500),
+        fault: None,
     };
     let outcome = driver::run::<Faulty>(
         &hub,

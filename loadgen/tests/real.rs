@@ -10,7 +10,7 @@ use chat_core::{ChatServer, ServerConfig};
 use chat_grpc::GrpcConfig;
 use loadgen::output::{Results, Row};
 use loadgen::run::Runner;
-use loadgen::scenario::{Load, Pattern, Point, StackKind};
+use loadgen::scenario::{Fault, FaultKind, Load, Pattern, Point, StackKind};
 use loadgen::target::{Endpoint, Server, TargetArgs, fresh_tag};
 use tokio::sync::oneshot;
 
@@ -42,6 +42,7 @@ fn point(stack: StackKind, load: Load, pattern: Pattern) -> Point {
         pattern,
         seed: 7,
         drain: Duration::from_secs(30),
+        fault: None,
     }
 }
 
@@ -145,4 +146,82 @@ async fn every_stack_and_ceiling_delivers_everything() {
             .iter()
             .any(|r| r.stack == "amqp" && r.broker_version.contains("RabbitMQ"))
     );
+}
+
+/// Cutting every client connection mid-run (through loadgen's proxy) loses
+/// nothing and shows nothing twice, on both chats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_lose_nothing_on_either_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = Runner::new(target(), Results::new(dir.path()), true, None).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let chat = ChatServer::open(ServerConfig::new(data.path())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_grpc, stopped) = oneshot::channel::<()>();
+    let grpc = tokio::spawn(chat_grpc::run(listener, chat, async {
+        let _ = stopped.await;
+    }));
+    let amqp_data = tempfile::tempdir().unwrap();
+    let amqp_chat = ChatServer::open(ServerConfig::new(amqp_data.path())).unwrap();
+    let config = AmqpConfig::new(amqp_url(), fresh_tag());
+    let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
+    let amqp = tokio::spawn(chat_amqp::run(config.clone(), amqp_chat, async {
+        let _ = amqp_stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while chat_amqp::health(&config).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "amqp-server not serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (stack, endpoint) in [
+        (
+            StackKind::Grpc,
+            Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}"))),
+        ),
+        (StackKind::Amqp, Endpoint::Amqp(config.clone())),
+    ] {
+        let server = Server::at(stack, endpoint, true);
+        let mut p = point(stack, Load::Rate(300.0), Pattern::Pairs);
+        p.duration = Duration::from_secs(3);
+        p.fault = Some(Fault {
+            kind: FaultKind::CutConnections,
+            at: Duration::from_millis(800),
+            downtime: Duration::from_millis(300),
+        });
+        let mut ids = Vec::new();
+        let row = runner.run_point(&p, &server, &mut ids).await.unwrap();
+        server.stop(&ids).await;
+        assert_eq!(row.fault, "cut-connections");
+        assert!(row.reconnects > 0, "the cut was felt: {row:?}");
+        assert_eq!(row.lost, 0, "{row:?}");
+        assert_eq!(row.duplicates, 0, "{row:?}");
+        assert_eq!(
+            row.delivered,
+            row.accepted + row.delivered_unaccepted,
+            "{row:?}"
+        );
+        assert!(
+            row.recovery_s.is_some() && row.fault_max_e2e_us.is_some(),
+            "{row:?}"
+        );
+        let timeline = dir
+            .path()
+            .join("hist")
+            .join(format!("{}.timeline.csv", row.run_id));
+        assert!(
+            std::fs::read_to_string(timeline)
+                .unwrap()
+                .starts_with("t_s,accepted,errors,delivered,max_e2e_us")
+        );
+    }
+    let _ = stop_grpc.send(());
+    let _ = stop_amqp.send(());
+    grpc.await.unwrap().unwrap();
+    amqp.await.unwrap().unwrap();
 }

@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadgen::output::{Results, print_table};
 use loadgen::run::Runner;
-use loadgen::scenario::{Experiment, Load, Pattern, Plan, Point, StackKind, parse_duration};
+use loadgen::scenario::{
+    Experiment, Fault, FaultKind, Load, Pattern, Plan, Point, StackKind, parse_duration,
+};
 use loadgen::target::TargetArgs;
 
 #[derive(Parser)]
@@ -30,6 +32,12 @@ enum Command {
     /// Draw the charts (PNG) and summary.md of a results folder from its runs.csv.
     Plot {
         /// The results folder (runs.csv, hist/); the charts go there too.
+        #[arg(long, env = "LOADGEN_RESULTS", default_value = "results")]
+        results: PathBuf,
+    },
+    /// Add up the shards of loads split with `run --shard I/N` (same results
+    /// folder) into one row per point, appended to runs.csv.
+    Merge {
         #[arg(long, env = "LOADGEN_RESULTS", default_value = "results")]
         results: PathBuf,
     },
@@ -119,6 +127,17 @@ struct PointArgs {
     pattern: Pattern,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Inject a fault: kill-server (needs --spawn), restart-broker (the
+    /// local RabbitMQ), cut-connections (through a proxy inside loadgen).
+    #[arg(long, value_enum)]
+    fault: Option<FaultKind>,
+    /// When the fault strikes, from the start of the measured window
+    /// (default: a third of the duration).
+    #[arg(long, value_parser = parse_duration)]
+    fault_at: Option<Duration>,
+    /// How long the fault lasts.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    fault_downtime: Duration,
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
@@ -158,6 +177,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run(*args).await,
         Command::Plot { results } => loadgen::plot::plot(&Results::new(results)).map(drop),
+        Command::Merge { results } => {
+            let rows = loadgen::merge::merge(&Results::new(&results))?;
+            print_table(&rows)?;
+            eprintln!(
+                "loadgen: {} merged rows appended to {}",
+                rows.len(),
+                results.join("runs.csv").display()
+            );
+            Ok(())
+        }
         Command::CheckBroker { clients } => check_broker(clients),
         Command::BareServer { kind } => bare(kind).await,
     }
@@ -214,6 +243,11 @@ fn single_plan(args: &RunArgs) -> anyhow::Result<Plan> {
             pattern: p.pattern,
             seed: p.seed,
             drain: p.drain,
+            fault: p.fault.map(|kind| Fault {
+                kind,
+                at: p.fault_at.unwrap_or(p.duration / 3),
+                downtime: p.fault_downtime,
+            }),
         };
         point.validate().map_err(anyhow::Error::msg)?;
         ramps.push(vec![point]);
