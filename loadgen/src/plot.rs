@@ -17,7 +17,8 @@
 //!
 //! Modules: [`axis`] (ticks and units), [`style`] (font, colours, sizes),
 //! [`draw`] (lines, markers, bars), [`lines`] and [`hdr`] (line charts),
-//! [`bars`] (bar charts), [`summary`] (summary.md).
+//! [`bars`] (bar charts), [`timeline`] (the fault timeline), [`summary`]
+//! (summary.md).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,7 @@ mod style;
 mod summary;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
 /// What a chart function gets: the selected rows and where to draw.
 pub struct Ctx<'a> {
@@ -52,7 +54,7 @@ struct Spec {
     draw: DrawFn,
 }
 
-const CHARTS: [Spec; 7] = [
+const CHARTS: [Spec; 8] = [
     Spec {
         file: "latency-vs-load.png",
         title: "Latency vs offered load",
@@ -94,6 +96,12 @@ const CHARTS: [Spec; 7] = [
         title: "Efficiency (share of the ceiling)",
         needs: "no throughput-vs-clients chat rows with a ceiling_ratio",
         draw: bars::efficiency,
+    },
+    Spec {
+        file: "fault-timeline.png",
+        title: "Fault timeline",
+        needs: "no rows with a fault and a hist/<run_id>.timeline.csv",
+        draw: timeline::fault_timeline,
     },
 ];
 

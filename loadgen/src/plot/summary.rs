@@ -56,6 +56,34 @@ fn table(out: &mut String, rows: &[Row]) {
     }
 }
 
+/// Fault runs: what each fault cost each stack, and the proof (lost and
+/// duplicates at 0).
+fn fault_table(out: &mut String, rows: &[Row]) {
+    out.push_str(
+        "| fault | stack | point | downtime s | recovery s | peak latency ms | lost | dup | errors | delivered msgs/s | run_id |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let opt = |v: Option<f64>, none: &str| v.map_or_else(|| none.to_owned(), |v| format!("{v}"));
+    for r in rows {
+        let peak = r.fault_max_e2e_us.map(|us| (us as f64 / 1e3).round());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | `{}` |",
+            r.fault,
+            r.stack,
+            point(r),
+            opt(r.fault_downtime_s, "-"),
+            opt(r.recovery_s, "not recovered"),
+            opt(peak, "-"),
+            r.lost,
+            r.duplicates,
+            r.errors,
+            r.delivery_rate,
+            r.run_id
+        );
+    }
+}
+
 /// The Markdown text of the summary.
 pub fn render(sel: &Selection, total: usize, sections: &[Section]) -> String {
     let mut out = String::from("# Chart numbers\n\n");
@@ -86,6 +114,10 @@ pub fn render(sel: &Selection, total: usize, sections: &[Section]) -> String {
         match &s.skipped {
             Some(why) => {
                 let _ = writeln!(out, "Not drawn: {why}.\n");
+            }
+            None if s.rows.iter().all(|r| !r.fault.is_empty()) => {
+                fault_table(&mut out, &s.rows);
+                out.push('\n');
             }
             None => {
                 table(&mut out, &s.rows);

@@ -37,7 +37,8 @@ fn row(
     }
 }
 
-/// A folder with every experiment but fan-in (to check the skip).
+/// A folder with every experiment but fan-in and faults (to check the
+/// skips).
 fn synthetic(dir: &Path) -> Results {
     let results = Results::new(dir);
     let mut n = 0;
@@ -91,12 +92,12 @@ fn every_chart_with_rows_is_drawn_and_a_missing_experiment_is_skipped() {
     let results = synthetic(dir.path());
     std::fs::write(dir.path().join("fan-in.png"), b"stale").unwrap();
     let out = plot(&results).unwrap();
-    assert_eq!(out.skipped, ["fan-in.png"]);
+    assert_eq!(out.skipped, ["fan-in.png", "fault-timeline.png"]);
     assert!(
         !dir.path().join("fan-in.png").exists(),
         "the stale chart stays"
     );
-    for spec in CHARTS.iter().filter(|s| s.file != "fan-in.png") {
+    for spec in CHARTS.iter().filter(|s| !out.skipped.contains(&s.file)) {
         assert_png(&dir.path().join(spec.file));
     }
     assert_eq!(out.written.len(), 6);
@@ -106,6 +107,7 @@ fn every_chart_with_rows_is_drawn_and_a_missing_experiment_is_skipped() {
         "{summary}"
     );
     assert!(summary.contains("Not drawn: no rows with experiment=fan-in"));
+    assert!(summary.contains("Not drawn: no rows with a fault"));
 }
 
 #[test]
@@ -160,4 +162,83 @@ fn a_runs_csv_from_an_older_loadgen_with_fewer_columns_is_read() {
     let rows = select::read_rows(&results).unwrap();
     assert_eq!(rows.len(), 38);
     assert_eq!(rows[0].experiment, "latency-vs-load");
+}
+
+/// A fault run of `stack` started at second `at`, fault 2 s into a window
+/// that starts at 1 s.
+fn fault_row(id: &str, fault: &str, stack: &str, at: u32) -> Row {
+    Row {
+        experiment: format!("fault-{fault}"),
+        started_at: format!("2026-01-02T00:00:{at:02}Z"),
+        duration_s: 6.0,
+        warmup_s: 1.0,
+        fault: fault.into(),
+        fault_at_s: Some(2.0),
+        fault_downtime_s: Some(1.0),
+        recovery_s: Some(1.2),
+        fault_max_e2e_us: Some(1_250_000),
+        ..row(id, "", stack, 10, (Some(1000.0), None))
+    }
+}
+
+/// 100 ms buckets from 0 to 7.3 s: 100 delivered each, none from 3 to 4 s
+/// (the fault), a backlog with high latency right after.
+fn timeline_csv() -> String {
+    let mut csv = String::from("t_s,accepted,errors,delivered,max_e2e_us\n");
+    for i in 0..74 {
+        let t = f64::from(i) / 10.0;
+        let (d, us) = match i {
+            30..40 => (0, 0),
+            40..45 => (300, 1_000_000),
+            _ => (100, 4000),
+        };
+        csv.push_str(&format!("{t:.1},100,0,{d},{us}\n"));
+    }
+    csv
+}
+
+#[test]
+fn the_fault_timeline_draws_the_latest_run_of_each_fault_and_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = Results::new(dir.path());
+    let mut rows = vec![fault_row("old", "kill-server", "grpc", 1)];
+    rows[0].experiment = "adhoc".into();
+    for (i, (fault, stack)) in [
+        ("kill-server", "grpc"),
+        ("kill-server", "amqp"),
+        ("cut-connections", "grpc"),
+        ("cut-connections", "amqp"),
+        ("restart-broker", "amqp"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rows.push(fault_row(&format!("f{i}"), fault, stack, 10 + i as u32));
+    }
+    std::fs::create_dir_all(results.hist_dir()).unwrap();
+    for r in &rows {
+        results.append(r).unwrap();
+        // f1 (kill-server amqp) has no timeline: left out.
+        if r.run_id != "f1" {
+            let path = results
+                .hist_dir()
+                .join(format!("{}.timeline.csv", r.run_id));
+            std::fs::write(path, timeline_csv()).unwrap();
+        }
+    }
+    let out = plot(&results).unwrap();
+    let png = dir.path().join("fault-timeline.png");
+    assert_png(&png);
+    assert_eq!(out.written, [png]);
+    let summary = std::fs::read_to_string(&out.summary).unwrap();
+    let ids: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with("` |"))
+        .filter_map(|l| l.rsplit('`').nth(1))
+        .collect();
+    assert_eq!(ids, ["f0", "f2", "f3", "f4"], "{summary}");
+    assert!(
+        summary.contains("| kill-server | grpc | 10 clients, pairs, 1000 msg/s offered, 64 B | 1 | 1.2 | 1250 | 0 | 0 | 0 |"),
+        "{summary}"
+    );
 }
