@@ -5,6 +5,7 @@
 //! small, safe alphabet. A [`MessageId`] is a UUID so that senders can pick
 //! it themselves and a retried send is recognised as the same message.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,12 +24,20 @@ pub struct ClientId(Arc<str>);
 impl ClientId {
     /// Validates `raw` as a client ID.
     pub fn parse(raw: &str) -> Result<Self, ChatError> {
+        Self::validate(raw)?;
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// Checks `raw` as [`ClientId::parse`] does, without allocating an ID:
+    /// for callers that then look up the registry's own copy (by `&str`, see
+    /// the `Borrow<str>` impl) instead of making a new one.
+    pub(crate) fn validate(raw: &str) -> Result<(), ChatError> {
         let ok_len = (1..=MAX_CLIENT_ID_LEN).contains(&raw.len());
         let ok_chars = raw
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok_len && ok_chars {
-            Ok(Self(Arc::from(raw)))
+            Ok(())
         } else {
             Err(ChatError::InvalidClientId(raw.chars().take(64).collect()))
         }
@@ -62,6 +71,15 @@ impl FromStr for ClientId {
     type Err = ChatError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// Lets maps keyed by `ClientId` be searched with a `&str`. Sound because
+/// `Eq`, `Ord` and `Hash` are derived from the `Arc<str>`, which compares and
+/// hashes exactly as the `str` it holds.
+impl Borrow<str> for ClientId {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

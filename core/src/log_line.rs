@@ -11,48 +11,114 @@
 //! `\` becomes `\\`, newline `\n`, carriage return `\r`, tab `\t`, and any
 //! other control character `\u{XX}`: one message is always one line.
 
-use std::fmt::Write as _;
-
 use crate::id::{ClientId, MessageId};
-use crate::message::{Message, format_timestamp, parse_timestamp};
+use crate::message::{Message, parse_timestamp, write_timestamp};
 
 /// Appends the log line for `m` (with its trailing newline) to `out`.
+///
+/// Everything goes straight into `out`: no per-line temporary strings, since
+/// this runs for every accepted message on the single journal-writer thread.
 pub fn write_line(out: &mut String, m: &Message) {
-    let _ = write!(
-        out,
-        "{} {} {} -> {}: ",
-        format_timestamp(m.timestamp_ms),
-        m.id,
-        m.from,
-        m.to
+    write_timestamp(out, m.timestamp_ms);
+    out.push(' ');
+    out.push_str(
+        m.id.0
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
     );
+    out.push(' ');
+    out.push_str(m.from.as_str());
+    out.push_str(" -> ");
+    out.push_str(m.to.as_str());
+    out.push_str(": ");
     escape_into(out, &m.text);
     out.push('\n');
 }
 
-fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+/// Whether byte `b` may start a character that [`escape_into`] escapes.
+///
+/// Every escaped character is ASCII (`\` and the C0 controls `U+0000..=U+001F`
+/// and DEL `U+007F`) except the C1 controls `U+0080..=U+009F`, whose UTF-8 is
+/// `C2 80..=C2 9F`. So a byte scan finds them all; a `C2` is only a candidate
+/// (`C2 A0..=C2 BF` are printable, e.g. `£`, `°`) and is checked with its
+/// next byte. No other byte of a multi-byte character can match: UTF-8
+/// continuation bytes are `80..=BF` and lead bytes `C2..=F4`.
+#[inline]
+fn candidate(b: u8) -> bool {
+    (b < 0x20) | (b == b'\\') | (b == 0x7f) | (b == 0xc2)
 }
 
+/// Index of the first candidate byte at or after `from`, or `bytes.len()`.
+fn next_candidate(bytes: &[u8], from: usize) -> usize {
+    // Whole chunks first, with a branch-free test the compiler vectorises;
+    // the byte loop below then finds the exact position (or covers the tail).
+    const CHUNK: usize = 16;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + CHUNK) {
+        if chunk.iter().fold(false, |any, &b| any | candidate(b)) {
+            break;
+        }
+        i += CHUNK;
+    }
+    while i < bytes.len() && !candidate(bytes[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Escapes `text` as the module doc says. Runs without escapes are copied
+/// as whole slices; a text with nothing to escape is one `push_str`.
+fn escape_into(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    // Start of the run of text not copied to `out` yet.
+    let mut run = 0;
+    let mut i = next_candidate(bytes, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        // The escaped code point and its UTF-8 length; every one is below 0xA0.
+        let (code, width) = if b == 0xc2 {
+            match bytes.get(i + 1) {
+                // C2 xx encodes U+00xx for xx in 80..=BF.
+                Some(&next @ 0x80..=0x9f) => (next, 2),
+                _ => {
+                    i = next_candidate(bytes, i + 1);
+                    continue;
+                }
+            }
+        } else {
+            (b, 1)
+        };
+        out.push_str(&text[run..i]);
+        match code {
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            // `\u{..}`: lowercase hex without leading zeros, as `{:x}` writes it.
+            _ => {
+                out.push_str("\\u{");
+                if code >= 0x10 {
+                    out.push(char::from(HEX[usize::from(code >> 4)]));
+                }
+                out.push(char::from(HEX[usize::from(code & 0xf)]));
+                out.push('}');
+            }
+        }
+        i += width;
+        run = i;
+        i = next_candidate(bytes, i);
+    }
+    out.push_str(&text[run..]);
+}
+
+/// Reverses [`escape_into`]. Runs between backslashes are copied as slices.
 fn unescape(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let mut chars = rest[at + 1..].chars();
         match chars.next()? {
             '\\' => out.push('\\'),
             'n' => out.push('\n'),
@@ -62,12 +128,18 @@ fn unescape(text: &str) -> Option<String> {
                 if chars.next()? != '{' {
                     return None;
                 }
-                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                // Up to the closing brace (or the end of the text), which is
+                // consumed with the digits.
+                let tail = chars.as_str();
+                let (hex, after) = tail.split_once('}').unwrap_or((tail, ""));
+                out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+                chars = after.chars();
             }
             _ => return None,
         }
+        rest = chars.as_str();
     }
+    out.push_str(rest);
     Some(out)
 }
 
@@ -138,6 +210,212 @@ mod tests {
                 m.id
             )
         );
+    }
+
+    /// The char-by-char escaping this module had before the fast path:
+    /// the reference the fast path must match byte for byte.
+    fn escape_reference(text: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The char-by-char unescaping this module had before, likewise.
+    fn unescape_reference(text: &str) -> Option<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next()? {
+                '\\' => out.push('\\'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    if chars.next()? != '{' {
+                        return None;
+                    }
+                    let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    fn escape(text: &str) -> String {
+        let mut out = String::new();
+        escape_into(&mut out, text);
+        out
+    }
+
+    /// Every character the escaping touches: `\`, all C0 controls, DEL and
+    /// all C1 controls.
+    fn escaped_chars() -> impl Iterator<Item = char> {
+        ('\u{0}'..='\u{1f}')
+            .chain(['\u{7f}', '\\'])
+            .chain('\u{80}'..='\u{9f}')
+    }
+
+    /// Checks one text against the reference both ways and round-trips it.
+    fn check(text: &str) {
+        let escaped = escape(text);
+        assert_eq!(escaped, escape_reference(text), "{text:?}");
+        assert!(!escaped.chars().any(char::is_control), "{escaped:?}");
+        assert_eq!(unescape(&escaped).as_deref(), Some(text), "{escaped:?}");
+        let m = msg(text);
+        let mut line = String::new();
+        write_line(&mut line, &m);
+        assert_eq!(parse_line(line.trim_end_matches('\n')), Some(m), "{line:?}");
+    }
+
+    /// A small xorshift generator, so the property tests need no crate and
+    /// fail the same way every time.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn string(&mut self, pool: &[char], max_len: usize) -> String {
+            let len = self.below(max_len + 1);
+            (0..len).map(|_| pool[self.below(pool.len())]).collect()
+        }
+    }
+
+    #[test]
+    fn text_without_escapes_is_copied_whole() {
+        for text in [
+            "",
+            "a",
+            "hello world, the quick brown fox jumps over the lazy dog 0123456789",
+            "ünïcödé 🦀 £1.50 at 20°C ± 0.5 «quoted» ¿qué? \u{a0}nbsp",
+            &"x".repeat(4096),
+        ] {
+            let mut out = String::from("prefix ");
+            escape_into(&mut out, text);
+            assert_eq!(out, format!("prefix {text}"));
+            check(text);
+        }
+    }
+
+    #[test]
+    fn every_escaped_character_alone_and_in_a_run() {
+        for c in escaped_chars() {
+            let expected = match c {
+                '\\' => "\\\\".to_owned(),
+                '\n' => "\\n".to_owned(),
+                '\r' => "\\r".to_owned(),
+                '\t' => "\\t".to_owned(),
+                c => format!("\\u{{{:x}}}", u32::from(c)),
+            };
+            assert_eq!(escape(&c.to_string()), expected, "{c:?}");
+            check(&c.to_string());
+            check(&format!("a{c}b"));
+        }
+        let all: String = escaped_chars().collect();
+        check(&all);
+        check(&format!("{all}{all}"));
+        assert_eq!(
+            escape("\0\u{1b}\u{7f}\u{85}\u{9f}"),
+            "\\u{0}\\u{1b}\\u{7f}\\u{85}\\u{9f}"
+        );
+    }
+
+    #[test]
+    fn escapes_at_the_start_the_end_and_chunk_edges() {
+        check("\nstarts");
+        check("ends\\");
+        check("\\");
+        check("\n\n\n");
+        // Around the scan's 16-byte chunks: before, on and after each edge.
+        for len in 0..40 {
+            for at in 0..=len {
+                for c in ['\n', '\\', '\u{7f}', '\u{85}'] {
+                    let mut text = "x".repeat(len);
+                    text.insert(at, c);
+                    check(&text);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn multi_byte_utf8_next_to_escapes() {
+        // `C2 A0..=C2 BF` share the lead byte of the C1 controls and are
+        // printable; the others are 2-, 3- and 4-byte characters.
+        for text in [
+            "é\n🦀",
+            "\\£\\",
+            "\u{85}\u{a0}\u{9f}\u{bf}",
+            "°\t°",
+            "🦀\u{0}🦀\u{1f}",
+            "日本語\r\n日本語",
+            "\u{c2}\u{80}",
+            "ü\u{80}ü",
+        ] {
+            check(text);
+        }
+    }
+
+    #[test]
+    fn generated_texts_match_the_reference_and_round_trip() {
+        let mut pool: Vec<char> = escaped_chars().collect();
+        pool.extend("abc xyz0129 ->:{}u".chars());
+        pool.extend([
+            'é', '£', '°', '\u{a0}', '\u{bf}', '\u{c0}', '日', '🦀', '\u{ffff}',
+        ]);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3000 {
+            let max_len = if round % 10 == 0 { 300 } else { 40 };
+            check(&rng.string(&pool, max_len));
+        }
+    }
+
+    #[test]
+    fn unescaping_accepts_and_refuses_what_it_did_before() {
+        // Including malformed escapes: the fast path must not change what
+        // replay accepts.
+        let pool: Vec<char> = "\\\\nrtu{}{}0741+-xé🦀 \n".chars().collect();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..5000 {
+            let text = rng.string(&pool, 24);
+            assert_eq!(unescape(&text), unescape_reference(&text), "{text:?}");
+        }
+        for text in [
+            "\\",
+            "\\x",
+            "\\u",
+            "\\u4",
+            "\\u{",
+            "\\u{}",
+            "\\u{41",
+            "\\u{+41}",
+            "\\u{d800}",
+        ] {
+            assert_eq!(unescape(text), unescape_reference(text), "{text:?}");
+        }
     }
 
     #[test]

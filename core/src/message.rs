@@ -61,9 +61,20 @@ pub fn now_ms() -> i64 {
 
 /// Formats Unix milliseconds as RFC 3339 UTC with exactly three fraction digits.
 pub fn format_timestamp(ms: i64) -> String {
+    let mut out = String::with_capacity(24);
+    write_timestamp(&mut out, ms);
+    out
+}
+
+/// Appends what [`format_timestamp`] returns to `out`, without a `String` of
+/// its own (the journal writer formats one per `log.txt` line).
+pub fn write_timestamp(out: &mut String, ms: i64) {
+    use std::fmt::Write as _;
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!(
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
         u8::from(t.month()),
@@ -72,7 +83,7 @@ pub fn format_timestamp(ms: i64) -> String {
         t.minute(),
         t.second(),
         t.millisecond()
-    )
+    );
 }
 
 /// Parses what [`format_timestamp`] wrote (any RFC 3339 timestamp, really).
@@ -120,6 +131,22 @@ mod tests {
         assert!(s.ends_with('Z') && s.contains('T'), "{s}");
         assert_eq!(parse_timestamp(&s), Some(ms));
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn write_timestamp_appends_what_format_timestamp_returns() {
+        for (ms, text) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_795_772_199_123, "2026-11-27T09:36:39.123Z"),
+            (1_795_772_199_007, "2026-11-27T09:36:39.007Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(format_timestamp(ms), text);
+            let mut out = String::from("line: ");
+            write_timestamp(&mut out, ms);
+            assert_eq!(out, format!("line: {text}"));
+        }
     }
 
     #[test]

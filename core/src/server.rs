@@ -227,8 +227,10 @@ impl ChatServer {
     /// for its recipient. Returns once it is durable; delivery happens later.
     /// Sender and recipient must both be registered.
     pub async fn send(&self, req: pb::SendRequest) -> Result<Arc<Message>, ChatError> {
-        let from = ClientId::parse(&req.from)?;
-        let to = ClientId::parse(&req.to)?;
+        // Validated here, but the IDs the message carries are the registry's
+        // own (an Arc clone), not two new allocations per message.
+        ClientId::validate(&req.from)?;
+        ClientId::validate(&req.to)?;
         let id = MessageId::parse_or_generate(&req.id)?;
         self.inner.limits.check_text(&req.text)?;
         let (message, rx) = {
@@ -239,9 +241,14 @@ impl ChatServer {
             if let Some(existing) = st.by_id.get(&id) {
                 return Ok(existing.clone());
             }
-            if !st.clients.contains_key(&from) {
-                return Err(ChatError::UnknownSender(from));
-            }
+            let Some((from, _)) = st.clients.get_key_value(req.from.as_str()) else {
+                return Err(ChatError::UnknownSender(ClientId::parse(&req.from)?));
+            };
+            let from = from.clone();
+            let Some((to, _)) = st.clients.get_key_value(req.to.as_str()) else {
+                return Err(ChatError::UnknownRecipient(ClientId::parse(&req.to)?));
+            };
+            let to = to.clone();
             let Some(recipient) = st.clients.get_mut(&to) else {
                 return Err(ChatError::UnknownRecipient(to));
             };
@@ -530,6 +537,23 @@ mod tests {
         // After a restart, seqs continue where they were.
         let m = s.send(send_req("alice", "bob", "four")).await.unwrap();
         assert_eq!(m.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn messages_share_the_registry_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        s.register("alice").await.unwrap();
+        s.register("bob").await.unwrap();
+        let m = s.send(send_req("alice", "bob", "hi")).await.unwrap();
+        let registry = s.list();
+        // The same allocation as the registry's key, not an equal copy.
+        assert_eq!(m.from.as_str().as_ptr(), registry[0].id.as_str().as_ptr());
+        assert_eq!(m.to.as_str().as_ptr(), registry[1].id.as_str().as_ptr());
+        let err = s.send(send_req("alice", "bad id", "hi")).await.unwrap_err();
+        assert!(matches!(err, ChatError::InvalidClientId(_)), "{err}");
+        let err = s.send(send_req("alice", "carol", "hi")).await.unwrap_err();
+        assert!(matches!(err, ChatError::UnknownRecipient(ref id) if id.as_str() == "carol"));
     }
 
     #[tokio::test]
