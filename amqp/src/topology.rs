@@ -204,6 +204,47 @@ pub async fn declare_client_queue(
     Ok(q)
 }
 
+/// Deletes from the broker at `url` what a chat left under `names`: the
+/// queues of `clients` and, with `server_side`, the request and dead-letter
+/// queues and the delivery exchange. For runs that must leave nothing
+/// behind (tests, benchmarks, loadgen); a queue that is not there is fine.
+pub async fn delete(
+    url: &str,
+    names: &Names,
+    clients: &[String],
+    server_side: bool,
+) -> Result<(), AmqpError> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let conn = lapin::Connection::connect(
+        url,
+        crate::server::connection_properties(&format!("cleanup {}", names.namespace())),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    let mut queues: Vec<String> = clients
+        .iter()
+        .filter_map(|c| ClientId::parse(c).ok())
+        .map(|id| names.client_queue(&id))
+        .collect();
+    if server_side {
+        queues.push(names.server_queue());
+        queues.push(names.dead_queue());
+    }
+    for q in queues {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    if server_side {
+        ch.exchange_delete(
+            names.deliver_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    }
+    crate::server::close_connection(&conn, "cleanup done").await;
+    Ok(())
+}
+
 fn props(kind: &str, mode: u8) -> BasicProperties {
     BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())

@@ -21,7 +21,6 @@ use chat_core::journal::Durability;
 use chat_core::{ChatClient, ClientError, ClientId, Incoming, IncomingEvent};
 use chat_grpc::GrpcConfig;
 use futures::{StreamExt as _, TryStreamExt as _};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -180,28 +179,10 @@ impl AmqpStack {
     /// Stops the server, then deletes the namespace's queues and exchange.
     pub async fn stop(self) {
         self.server.stop().await;
-        let ns = self.config.namespace.clone();
-        let Ok(conn) = Connection::connect(&self.config.url, ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        let Ok(ch) = conn.create_channel().await else {
-            return;
-        };
-        let mut queues = vec![format!("{ns}.server"), format!("{ns}.dead")];
-        queues.extend(self.clients.iter().map(|c| format!("{ns}.client.{c}")));
-        for q in queues {
-            let _ = ch
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
+        if let Ok(names) = chat_amqp::topology::Names::new(&self.config.namespace) {
+            let _ =
+                chat_amqp::topology::delete(&self.config.url, &names, &self.clients, true).await;
         }
-        let _ = ch
-            .exchange_delete(
-                format!("{ns}.deliver").into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = conn.close(200, "bench clean-up".into()).await;
     }
 }
 

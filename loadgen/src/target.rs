@@ -464,41 +464,7 @@ async fn delete_queues(
     client_ids: &[String],
     whole_namespace: bool,
 ) -> anyhow::Result<()> {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let names = Names::new(&config.namespace)?;
-    let conn = lapin::Connection::connect(
-        &config.url,
-        lapin::ConnectionProperties::default().with_connection_name("loadgen cleanup".into()),
-    )
-    .await?;
-    let mut queues: Vec<String> = client_ids
-        .iter()
-        .filter_map(|id| chat_core::ClientId::parse(id).ok())
-        .map(|id| names.client_queue(&id))
-        .collect();
-    if whole_namespace {
-        queues.push(names.server_queue());
-        queues.push(names.dead_queue());
-    }
-    let mut ch = conn.create_channel().await?;
-    for q in queues {
-        // An error closes the channel: go on with a new one.
-        if ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .is_err()
-        {
-            ch = conn.create_channel().await?;
-        }
-    }
-    if whole_namespace {
-        let _ = ch
-            .exchange_delete(
-                names.deliver_exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done".into())).await;
+    chat_amqp::topology::delete(&config.url, &names, client_ids, whole_namespace).await?;
     Ok(())
 }

@@ -30,6 +30,70 @@ fn target() -> TargetArgs {
     }
 }
 
+/// Both chats in-process: gRPC on an ephemeral port, AMQP on a namespace of
+/// its own on the real broker.
+struct Chats {
+    addr: std::net::SocketAddr,
+    config: AmqpConfig,
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _data: [tempfile::TempDir; 2],
+}
+
+impl Chats {
+    async fn start() -> Self {
+        let data = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let open = |i: usize| ChatServer::open(ServerConfig::new(data[i].path())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = AmqpConfig::new(amqp_url(), fresh_tag());
+        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
+        let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
+        let grpc = chat_grpc::run(listener, open(0), async {
+            let _ = grpc_stopped.await;
+        });
+        let amqp = chat_amqp::run(config.clone(), open(1), async {
+            let _ = amqp_stopped.await;
+        });
+        let tasks = vec![
+            tokio::spawn(async move { grpc.await.unwrap() }),
+            tokio::spawn(async move { amqp.await.unwrap() }),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while chat_amqp::health(&config).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "amqp-server not serving"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            addr,
+            config,
+            stop: vec![stop_grpc, stop_amqp],
+            tasks,
+            _data: data,
+        }
+    }
+
+    fn grpc(&self) -> Endpoint {
+        Endpoint::Grpc(GrpcConfig::new(format!("http://{}", self.addr)))
+    }
+
+    fn amqp(&self) -> Endpoint {
+        Endpoint::Amqp(self.config.clone())
+    }
+
+    async fn stop(self) {
+        for s in self.stop {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 fn point(stack: StackKind, load: Load, pattern: Pattern) -> Point {
     Point {
         experiment: "test".into(),
@@ -63,41 +127,13 @@ async fn every_stack_and_ceiling_delivers_everything() {
     let results = Results::new(dir.path().join("results"));
     let mut runner = Runner::new(target(), results.clone(), true, None).await;
 
-    // The gRPC chat, in-process on an ephemeral port.
-    let data = tempfile::tempdir().unwrap();
-    let chat = ChatServer::open(ServerConfig::new(data.path())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_grpc, stopped) = oneshot::channel::<()>();
-    let grpc = tokio::spawn(chat_grpc::run(listener, chat, async {
-        let _ = stopped.await;
-    }));
-
-    // The AMQP chat, in-process, on a namespace of its own.
-    let amqp_data = tempfile::tempdir().unwrap();
-    let amqp_chat = ChatServer::open(ServerConfig::new(amqp_data.path())).unwrap();
-    let config = AmqpConfig::new(amqp_url(), fresh_tag());
-    let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
-    let amqp = tokio::spawn(chat_amqp::run(config.clone(), amqp_chat, async {
-        let _ = amqp_stopped.await;
-    }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while chat_amqp::health(&config).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "amqp-server not serving"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let chats = Chats::start().await;
 
     let servers = [
         (StackKind::GrpcBare, None),
         (StackKind::AmqpBare, None),
-        (
-            StackKind::Grpc,
-            Some(Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}")))),
-        ),
-        (StackKind::Amqp, Some(Endpoint::Amqp(config.clone()))),
+        (StackKind::Grpc, Some(chats.grpc())),
+        (StackKind::Amqp, Some(chats.amqp())),
     ];
     let mut rows = Vec::new();
     for (stack, endpoint) in servers {
@@ -119,10 +155,7 @@ async fn every_stack_and_ceiling_delivers_everything() {
         }
         server.stop(&ids).await;
     }
-    let _ = stop_grpc.send(());
-    let _ = stop_amqp.send(());
-    grpc.await.unwrap().unwrap();
-    amqp.await.unwrap().unwrap();
+    chats.stop().await;
 
     // Chat rows carry their ratio to the ceiling measured before them.
     assert!(
@@ -155,36 +188,11 @@ async fn cut_connections_lose_nothing_on_either_chat() {
     let dir = tempfile::tempdir().unwrap();
     let mut runner = Runner::new(target(), Results::new(dir.path()), true, None).await;
 
-    let data = tempfile::tempdir().unwrap();
-    let chat = ChatServer::open(ServerConfig::new(data.path())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_grpc, stopped) = oneshot::channel::<()>();
-    let grpc = tokio::spawn(chat_grpc::run(listener, chat, async {
-        let _ = stopped.await;
-    }));
-    let amqp_data = tempfile::tempdir().unwrap();
-    let amqp_chat = ChatServer::open(ServerConfig::new(amqp_data.path())).unwrap();
-    let config = AmqpConfig::new(amqp_url(), fresh_tag());
-    let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
-    let amqp = tokio::spawn(chat_amqp::run(config.clone(), amqp_chat, async {
-        let _ = amqp_stopped.await;
-    }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while chat_amqp::health(&config).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "amqp-server not serving"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let chats = Chats::start().await;
 
     for (stack, endpoint) in [
-        (
-            StackKind::Grpc,
-            Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}"))),
-        ),
-        (StackKind::Amqp, Endpoint::Amqp(config.clone())),
+        (StackKind::Grpc, chats.grpc()),
+        (StackKind::Amqp, chats.amqp()),
     ] {
         let server = Server::at(stack, endpoint, true);
         let mut p = point(stack, Load::Rate(300.0), Pattern::Pairs);
@@ -220,8 +228,5 @@ async fn cut_connections_lose_nothing_on_either_chat() {
                 .starts_with("t_s,accepted,errors,delivered,max_e2e_us")
         );
     }
-    let _ = stop_grpc.send(());
-    let _ = stop_amqp.send(());
-    grpc.await.unwrap().unwrap();
-    amqp.await.unwrap().unwrap();
+    chats.stop().await;
 }

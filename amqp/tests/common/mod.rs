@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use chat_amqp::{AmqpClient, AmqpConfig};
 use chat_core::{ChatClient, ChatServer, ClientId, IncomingEvent, Message, ServerConfig};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -102,27 +100,9 @@ impl Drop for Namespace {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                let mut queues = vec![format!("{ns}.server"), format!("{ns}.dead")];
-                queues.extend(clients.iter().map(|c| format!("{ns}.client.{c}")));
-                for q in queues {
-                    let _ = ch
-                        .queue_delete(q.into(), QueueDeleteOptions::default())
-                        .await;
+                if let Ok(names) = chat_amqp::topology::Names::new(&ns) {
+                    let _ = chat_amqp::topology::delete(&url, &names, &clients, true).await;
                 }
-                let _ = ch
-                    .exchange_delete(
-                        format!("{ns}.deliver").into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-                let _ = conn.close(200, "test clean-up".into()).await;
             });
         });
         let _ = cleanup.join();
