@@ -44,6 +44,8 @@ pub struct Live {
 #[derive(Debug)]
 pub struct Outcome {
     pub totals: Totals,
+    /// The instant every `_ns` figure counts from.
+    pub epoch: Instant,
     pub window: Window,
     /// Connect + join of each client, in µs.
     pub setup_us: hdrhistogram::Histogram<u64>,
@@ -218,6 +220,7 @@ pub async fn run<C: ChatClient>(
     drop(clients);
     Ok(Outcome {
         totals: tally(&sender_logs, &receiver_logs),
+        epoch,
         window,
         setup_us,
         drain,

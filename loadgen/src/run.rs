@@ -262,9 +262,12 @@ impl Runner {
         bar.finish_and_clear();
         self.bars.remove(&bar);
         let outcome = outcome?;
-        injected?;
+        let struck = injected?;
         let usage = sampler.await.unwrap_or_default();
-        let row = self.row(point, &tag, &started_at, &outcome, &usage, server);
+        let mut row = self.row(point, &tag, &started_at, &outcome, &usage, server);
+        if let (Some(f), Some(struck)) = (point.fault, struck) {
+            fault_columns(&mut row, f, &outcome, struck);
+        }
         self.results.write_histograms(
             &row.run_id,
             &outcome.totals.e2e_us,
@@ -384,17 +387,6 @@ impl Runner {
             },
             ..Row::default()
         };
-        if let Some(f) = point.fault {
-            let fault_ns = o.window.start_ns + f.at.as_nanos() as u64;
-            row.fault = f.kind.name().to_owned();
-            row.fault_at_s = Some(f.at.as_secs_f64());
-            row.fault_downtime_s = Some(f.downtime.as_secs_f64());
-            row.recovery_s = t
-                .timeline
-                .recovery(o.window.start_ns, fault_ns)
-                .map(|d| d.as_secs_f64());
-            row.fault_max_e2e_us = Some(u64::from(t.timeline.max_latency_since(fault_ns)));
-        }
         if !matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare)
             && let Some(&ceiling) =
                 self.ceilings
@@ -405,6 +397,18 @@ impl Runner {
         }
         row
     }
+}
+
+/// What the fault did: when it struck (from the window's start), how long
+/// until deliveries were normal again, the worst latency after it.
+fn fault_columns(row: &mut Row, f: crate::scenario::Fault, o: &Outcome, struck: tokio::time::Instant) {
+    let fault_ns = struck.saturating_duration_since(o.epoch).as_nanos() as u64;
+    let t = &o.totals.timeline;
+    row.fault = f.kind.name().to_owned();
+    row.fault_at_s = Some(fault_ns.saturating_sub(o.window.start_ns) as f64 / 1e9);
+    row.fault_downtime_s = Some(f.downtime.as_secs_f64());
+    row.recovery_s = t.recovery(o.window.start_ns, fault_ns).map(|d| d.as_secs_f64());
+    row.fault_max_e2e_us = Some(u64::from(t.max_latency_since(fault_ns)));
 }
 
 /// Where the clients of `endpoint` connect (`host:port`).
@@ -448,34 +452,44 @@ fn through(endpoint: &Endpoint, proxy: std::net::SocketAddr) -> Endpoint {
 }
 
 /// Injects the point's fault, if any, `at` into the measured window.
+/// Returns when it really struck (a broker takes a while to stop), which is
+/// what recovery is counted from.
 async fn inject(
     point: &Point,
     server: &Server,
     proxy: Option<&Proxy>,
     mut phase: tokio::sync::watch::Receiver<Phase>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<tokio::time::Instant>> {
     let Some(fault) = point.fault else {
-        return Ok(());
+        return Ok(None);
     };
     if phase.wait_for(|p| *p == Phase::Window).await.is_err() {
-        return Ok(());
+        return Ok(None);
     }
     tokio::time::sleep(fault.at).await;
     tracing::info!(fault = fault.kind.name(), "injecting");
-    match fault.kind {
-        FaultKind::KillServer => server.kill_and_restart(fault.downtime).await,
+    let struck = match fault.kind {
+        FaultKind::KillServer => {
+            server.kill9().await?;
+            let struck = tokio::time::Instant::now();
+            server.restart(fault.downtime).await?;
+            struck
+        }
         FaultKind::CutConnections => {
             proxy
                 .expect("a proxy for cut-connections")
                 .cut(fault.downtime);
-            Ok(())
+            tokio::time::Instant::now()
         }
         FaultKind::RestartBroker => {
             rabbitmqctl("stop_app").await?;
+            let struck = tokio::time::Instant::now();
             tokio::time::sleep(fault.downtime).await;
-            rabbitmqctl("start_app").await
+            rabbitmqctl("start_app").await?;
+            struck
         }
-    }
+    };
+    Ok(Some(struck))
 }
 
 async fn rabbitmqctl(action: &str) -> anyhow::Result<()> {

@@ -287,17 +287,25 @@ impl Server {
         Ok(s)
     }
 
-    /// SIGKILL, then the same binary with the same flags, data and address
-    /// after `downtime`; returns once it is healthy again.
-    pub async fn kill_and_restart(&self, downtime: Duration) -> anyhow::Result<()> {
-        let Some((bin, flags)) = &self.recipe else {
+    /// SIGKILL; returns once the process is gone.
+    pub async fn kill9(&self) -> anyhow::Result<()> {
+        if self.recipe.is_none() {
             bail!("kill-server needs a server loadgen started (--spawn)");
-        };
+        }
         let old = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = old {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+        Ok(())
+    }
+
+    /// After [`Server::kill9`]: the same binary with the same flags, data
+    /// and address after `downtime`; returns once it is healthy again.
+    pub async fn restart(&self, downtime: Duration) -> anyhow::Result<()> {
+        let Some((bin, flags)) = &self.recipe else {
+            bail!("kill-server needs a server loadgen started (--spawn)");
+        };
         tokio::time::sleep(downtime).await;
         let child = launch(bin, flags, &self.log)?;
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
