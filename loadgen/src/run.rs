@@ -401,13 +401,20 @@ impl Runner {
 
 /// What the fault did: when it struck (from the window's start), how long
 /// until deliveries were normal again, the worst latency after it.
-fn fault_columns(row: &mut Row, f: crate::scenario::Fault, o: &Outcome, struck: tokio::time::Instant) {
+fn fault_columns(
+    row: &mut Row,
+    f: crate::scenario::Fault,
+    o: &Outcome,
+    struck: tokio::time::Instant,
+) {
     let fault_ns = struck.saturating_duration_since(o.epoch).as_nanos() as u64;
     let t = &o.totals.timeline;
     row.fault = f.kind.name().to_owned();
     row.fault_at_s = Some(fault_ns.saturating_sub(o.window.start_ns) as f64 / 1e9);
     row.fault_downtime_s = Some(f.downtime.as_secs_f64());
-    row.recovery_s = t.recovery(o.window.start_ns, fault_ns).map(|d| d.as_secs_f64());
+    row.recovery_s = t
+        .recovery(o.window.start_ns, fault_ns)
+        .map(|d| d.as_secs_f64());
     row.fault_max_e2e_us = Some(u64::from(t.max_latency_since(fault_ns)));
 }
 
