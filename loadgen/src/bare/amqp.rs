@@ -1,18 +1,21 @@
 //! `amqp-bare`: the broker relay with the chat's hops and none of its logic.
 //!
 //! A client's request (published persistent, confirmed) waits in the durable
-//! `<ns>.server` queue; this relay consumes it, answers at once (as the chat
-//! answers once the message is logged), republishes the message persistent
-//! and confirmed to the recipient's durable queue, and acknowledges the
-//! request when the broker confirms. The recipient consumes with manual acks.
-//! Same names and declarations as the chat (`chat_amqp::topology`), so the
-//! unchanged `AmqpClient` drives it.
+//! `<ns>.server` queue; this relay consumes it, republishes the message
+//! persistent and confirmed to the recipient's durable queue, answers the
+//! sender, and acknowledges the request when the broker confirms. The
+//! recipient consumes with manual acks. Same names and declarations as the
+//! chat (`chat_amqp::topology`), so the unchanged `AmqpClient` drives it.
 //!
-//! Publishing happens in delivery order from the consumer loop, so each
-//! recipient sees its seqs in order; only the confirm waits run apart.
+//! Order and concurrency: a recipient must see its seqs in order (it drops
+//! anything at or below the last one it showed), so seqs are assigned in
+//! delivery order and each recipient is served by one of [`LANES`] tasks,
+//! which publish in order; different recipients proceed in parallel, as the
+//! chat's handlers do.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::pin;
 
 use chat_amqp::AmqpConfig;
@@ -20,13 +23,26 @@ use chat_amqp::topology::{self, Names};
 use chat_core::{ClientId, MessageId};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt};
+use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
 use prost::Message as _;
+use tokio::sync::mpsc;
+
+/// Relay tasks; a recipient always goes to the same one.
+const LANES: usize = 16;
+
+/// One send to relay.
+struct Job {
+    message: pb::ChatMessage,
+    reply_to: Option<ShortString>,
+    correlation: Option<ShortString>,
+    acker: Acker,
+}
 
 /// Serves until `shutdown` or the first broker error (a ceiling does not
 /// ride out failures; the run is simply invalid then).
@@ -55,6 +71,13 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
             FieldTable::default(),
         )
         .await?;
+    let lanes: Vec<mpsc::UnboundedSender<Job>> = (0..LANES)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(lane(rx, publish.clone(), names.clone()));
+            tx
+        })
+        .collect();
     tracing::info!(namespace = names.namespace(), "amqp-bare relay serving");
     let mut seqs: HashMap<String, u64> = HashMap::new();
     let mut shutdown = pin!(shutdown.fuse());
@@ -69,9 +92,34 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
         let request = pb::Request::decode(delivery.data.as_slice())?;
         let reply_to = delivery.properties.reply_to().clone();
         let correlation = delivery.properties.correlation_id().clone();
-        // Sends are acknowledged once forwarded; everything else at once.
-        let is_send = matches!(request.body, Some(pb::request::Body::Send(_)));
         let reply = match request.body {
+            Some(pb::request::Body::Send(s)) => {
+                let seq = seqs.entry(s.to.clone()).or_insert(0);
+                *seq += 1;
+                let message = pb::ChatMessage {
+                    id: if s.id.is_empty() {
+                        MessageId::generate().to_string()
+                    } else {
+                        s.id
+                    },
+                    from: s.from,
+                    to: s.to,
+                    text: s.text,
+                    timestamp_ms: chat_core::message::now_ms(),
+                    seq: *seq,
+                };
+                let lane = &lanes[lane_of(&message.to)];
+                let job = Job {
+                    message,
+                    reply_to,
+                    correlation,
+                    acker: delivery.acker,
+                };
+                if lane.send(job).is_err() {
+                    anyhow::bail!("a relay lane stopped (see its error above)");
+                }
+                continue;
+            }
             Some(pb::request::Body::Register(r)) => {
                 let id = ClientId::parse(&r.client_id)?;
                 topology::declare_client_queue(&admin, &names, &id).await?;
@@ -80,67 +128,83 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
                     created: true,
                 })
             }
-            Some(pb::request::Body::Send(s)) => {
-                let seq = seqs.entry(s.to.clone()).or_insert(0);
-                *seq += 1;
-                let timestamp_ms = chat_core::message::now_ms();
-                let id = if s.id.is_empty() {
-                    MessageId::generate().to_string()
-                } else {
-                    s.id
-                };
-                let m = pb::ChatMessage {
-                    id: id.clone(),
-                    from: s.from,
-                    to: s.to,
-                    text: s.text,
-                    timestamp_ms,
-                    seq: *seq,
-                };
-                let forwarded = publish
-                    .basic_publish(
-                        names.deliver_exchange().into(),
-                        m.to.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &m.encode_to_vec(),
-                        topology::message_properties(&id, timestamp_ms),
-                    )
-                    .await?;
-                let acker = delivery.acker.clone();
-                tokio::spawn(async move {
-                    if forwarded.await.is_ok() {
-                        let _ = acker.ack(BasicAckOptions::default()).await;
-                    }
-                });
-                pb::reply::Body::Send(pb::SendReply { id, timestamp_ms })
-            }
             _ => pb::reply::Body::Error(pb::Error {
                 code: pb::ErrorCode::InvalidArgument as i32,
                 message: "the bare relay only registers and relays".into(),
             }),
         };
-        if let Some(reply_to) = reply_to {
-            // The reply's confirm is not awaited, as in the chat.
-            drop(
-                publish
-                    .basic_publish(
-                        "".into(),
-                        reply_to,
-                        BasicPublishOptions::default(),
-                        &pb::Reply { body: Some(reply) }.encode_to_vec(),
-                        topology::reply_properties(correlation.as_ref()),
-                    )
-                    .await?,
-            );
-        }
-        if !is_send {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
+        answer(&publish, reply_to, correlation.as_ref(), reply).await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
     }
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         conn.close(200, "bye".into()),
     )
     .await;
+    Ok(())
+}
+
+fn lane_of(recipient: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    recipient.hash(&mut h);
+    (h.finish() % LANES as u64) as usize
+}
+
+/// Relays the jobs of its recipients in order: forward, answer, and ack the
+/// request once the broker confirms the forward.
+async fn lane(mut jobs: mpsc::UnboundedReceiver<Job>, publish: Channel, names: Names) {
+    while let Some(job) = jobs.recv().await {
+        if let Err(e) = relay(&publish, &names, job).await {
+            tracing::error!("amqp-bare relay lane stopped: {e}");
+            return;
+        }
+    }
+}
+
+async fn relay(publish: &Channel, names: &Names, job: Job) -> anyhow::Result<()> {
+    let m = &job.message;
+    let forwarded = publish
+        .basic_publish(
+            names.deliver_exchange().into(),
+            m.to.as_str().into(),
+            BasicPublishOptions::default(),
+            &m.encode_to_vec(),
+            topology::message_properties(&m.id, m.timestamp_ms),
+        )
+        .await?;
+    let reply = pb::reply::Body::Send(pb::SendReply {
+        id: m.id.clone(),
+        timestamp_ms: m.timestamp_ms,
+    });
+    answer(publish, job.reply_to, job.correlation.as_ref(), reply).await?;
+    let acker = job.acker;
+    tokio::spawn(async move {
+        if forwarded.await.is_ok() {
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+    Ok(())
+}
+
+/// Publishes a reply; its confirm is not awaited, as in the chat.
+async fn answer(
+    publish: &Channel,
+    reply_to: Option<ShortString>,
+    correlation: Option<&ShortString>,
+    body: pb::reply::Body,
+) -> anyhow::Result<()> {
+    if let Some(reply_to) = reply_to {
+        drop(
+            publish
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &pb::Reply { body: Some(body) }.encode_to_vec(),
+                    topology::reply_properties(correlation),
+                )
+                .await?,
+        );
+    }
     Ok(())
 }
