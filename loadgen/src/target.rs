@@ -411,11 +411,9 @@ impl Server {
     pub async fn stop(self, client_ids: &[String]) {
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = child {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
+            // The image has no `kill` binary: signal directly.
+            if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
             if tokio::time::timeout(STOP_TIMEOUT, child.wait())
                 .await
