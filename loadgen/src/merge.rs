@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 
-use crate::output::{Results, Row, percentiles};
+use crate::output::{Results, Row};
 
 /// Identifies the shards of one point: same sweep, stack and shape.
 fn group_key(r: &Row) -> Option<String> {
@@ -78,8 +78,6 @@ fn combine(results: &Results, parts: &[Row]) -> anyhow::Result<Row> {
     let sumf = |f: fn(&Row) -> f64| parts.iter().map(f).sum::<f64>();
     let sum_opt = |f: fn(&Row) -> Option<f64>| parts.iter().map(f).sum::<Option<f64>>();
     let max_opt = |f: fn(&Row) -> Option<f64>| parts.iter().filter_map(f).reduce(f64::max);
-    let [e50, e90, e99, e999, emax] = percentiles(&e2e);
-    let [a50, a90, a99, a999, amax] = percentiles(&accept);
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for p in parts {
         for kv in p.error_kinds.split(';').filter(|s| !s.is_empty()) {
@@ -88,7 +86,7 @@ fn combine(results: &Results, parts: &[Row]) -> anyhow::Result<Row> {
             }
         }
     }
-    let row = Row {
+    let mut row = Row {
         run_id: format!("{}-merged", first.run_id),
         clients: parts.iter().map(|p| p.clients).sum(),
         offered_rate: parts.iter().map(|p| p.offered_rate).sum(),
@@ -101,27 +99,11 @@ fn combine(results: &Results, parts: &[Row]) -> anyhow::Result<Row> {
         delivered_unaccepted: sum(|r| r.delivered_unaccepted),
         behind_schedule: sum(|r| r.behind_schedule),
         errors: sum(|r| r.errors),
-        error_kinds: kinds
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";"),
+        error_kinds: Row::kinds_column(&kinds),
         reconnects: sum(|r| r.reconnects),
         send_rate: sumf(|r| r.send_rate),
         delivery_rate: sumf(|r| r.delivery_rate),
         ceiling_ratio: None,
-        e2e_p50_us: e50,
-        e2e_p90_us: e90,
-        e2e_p99_us: e99,
-        e2e_p999_us: e999,
-        e2e_max_us: emax,
-        e2e_mean_us: if e2e.is_empty() { 0.0 } else { e2e.mean() },
-        e2e_count: e2e.len(),
-        accept_p50_us: a50,
-        accept_p90_us: a90,
-        accept_p99_us: a99,
-        accept_p999_us: a999,
-        accept_max_us: amax,
         setup_p50_ms: parts.iter().map(|p| p.setup_p50_ms).fold(0.0, f64::max),
         setup_max_ms: parts.iter().map(|p| p.setup_max_ms).fold(0.0, f64::max),
         drain_s: parts.iter().map(|p| p.drain_s).fold(0.0, f64::max),
@@ -135,6 +117,7 @@ fn combine(results: &Results, parts: &[Row]) -> anyhow::Result<Row> {
         shard: "merged".into(),
         ..first.clone()
     };
+    row.set_latencies(&e2e, &accept);
     results.write_histograms(&row.run_id, &e2e, &accept)?;
     Ok(row)
 }

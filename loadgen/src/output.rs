@@ -88,6 +88,35 @@ impl Row {
         rate_ok && self.lost == 0 && self.errors == 0
     }
 
+    /// Fills the latency columns from the run's histograms.
+    pub fn set_latencies(&mut self, e2e: &Histogram<u64>, accept: &Histogram<u64>) {
+        [
+            self.e2e_p50_us,
+            self.e2e_p90_us,
+            self.e2e_p99_us,
+            self.e2e_p999_us,
+            self.e2e_max_us,
+        ] = percentiles(e2e);
+        [
+            self.accept_p50_us,
+            self.accept_p90_us,
+            self.accept_p99_us,
+            self.accept_p999_us,
+            self.accept_max_us,
+        ] = percentiles(accept);
+        self.e2e_mean_us = if e2e.is_empty() { 0.0 } else { e2e.mean() };
+        self.e2e_count = e2e.len();
+    }
+
+    /// The `error_kinds` column: `kind=count;…`.
+    pub fn kinds_column(kinds: &std::collections::BTreeMap<String, u64>) -> String {
+        kinds
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
     /// Identifies the same point on another stack (for ceiling ratios).
     pub fn point_key(&self) -> String {
         format!(

@@ -13,7 +13,7 @@ use chat_grpc::GrpcClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::driver::{self, Live, Marks, Outcome, Phase};
-use crate::output::{Results, Row, percentiles};
+use crate::output::{Results, Row};
 use crate::procstat::{self, Usage, Watched};
 use crate::proxy::Proxy;
 use crate::scenario::{FaultKind, Plan, Point, StackKind};
@@ -306,8 +306,6 @@ impl Runner {
     ) -> Row {
         let t = &o.totals;
         let secs = o.window.secs();
-        let [e50, e90, e99, e999, emax] = percentiles(&t.e2e_us);
-        let [a50, a90, a99, a999, amax] = percentiles(&t.accept_us);
         let get = |k: &str| usage.get(k).copied().flatten();
         let mb = |kb: u64| kb as f64 / 1024.0;
         let (rate, window) = match point.load {
@@ -337,32 +335,11 @@ impl Runner {
             delivered_unaccepted: t.delivered_unaccepted,
             behind_schedule: t.behind_schedule,
             errors: t.error_count(),
-            error_kinds: t
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(";"),
+            error_kinds: Row::kinds_column(&t.errors),
             reconnects: t.reconnects,
             send_rate: t.accepted_in_window as f64 / secs,
             delivery_rate: t.delivered_in_window as f64 / secs,
             ceiling_ratio: None,
-            e2e_p50_us: e50,
-            e2e_p90_us: e90,
-            e2e_p99_us: e99,
-            e2e_p999_us: e999,
-            e2e_max_us: emax,
-            e2e_mean_us: if t.e2e_us.is_empty() {
-                0.0
-            } else {
-                t.e2e_us.mean()
-            },
-            e2e_count: t.e2e_us.len(),
-            accept_p50_us: a50,
-            accept_p90_us: a90,
-            accept_p99_us: a99,
-            accept_p999_us: a999,
-            accept_max_us: amax,
             setup_p50_ms: o.setup_us.value_at_quantile(0.5) as f64 / 1000.0,
             setup_max_ms: o.setup_us.max() as f64 / 1000.0,
             drain_s: o.drain.as_secs_f64(),
@@ -387,6 +364,7 @@ impl Runner {
             },
             ..Row::default()
         };
+        row.set_latencies(&t.e2e_us, &t.accept_us);
         if !matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare)
             && let Some(&ceiling) =
                 self.ceilings
