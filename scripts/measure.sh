@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every CSV and chart INFORME.md uses, from scratch:
-#   scripts/measure.sh            # full sweeps: ~25 min on 2 cores
+#   scripts/measure.sh            # full sweeps: ~20 min on 2 cores (18 min measured)
 #   scripts/measure.sh --quick    # the same sweeps, shorter: ~4 min
 # It builds the release binaries, runs experiments/default.toml and
 # experiments/faults.toml with servers started by loadgen (--spawn) against
