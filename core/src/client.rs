@@ -238,6 +238,11 @@ impl IncomingSink {
     /// Passes `message` on, unless its seq was passed on already, in which
     /// case it is acknowledged straight away and dropped. Returns `false`
     /// once the consumer is gone.
+    ///
+    /// Neither case is silent: a repeat and a gap (a seq above the next one
+    /// expected) are both logged at warn with the two numbers, so a message
+    /// that was not shown can always be traced. A gap from 0 is not one:
+    /// earlier seqs were shown by an earlier run of this client.
     pub async fn deliver(&mut self, message: Message, tag: u64, generation: u64) -> bool {
         let token = AckToken {
             seq: message.seq,
@@ -245,9 +250,24 @@ impl IncomingSink {
             generation,
         };
         if message.seq <= self.last_seq {
-            tracing::debug!(seq = message.seq, "dropping a repeated delivery");
+            tracing::warn!(
+                seq = message.seq,
+                last_shown = self.last_seq,
+                "dropping a repeated delivery: seq {} is at or below the last shown seq {}; acknowledged, not shown again",
+                message.seq,
+                self.last_seq
+            );
             let _ = self.acks.send(token);
             return !self.tx.is_closed();
+        }
+        if self.last_seq > 0 && message.seq > self.last_seq + 1 {
+            tracing::warn!(
+                seq = message.seq,
+                last_shown = self.last_seq,
+                "gap in deliveries: seq {} follows the last shown seq {}; showing it anyway",
+                message.seq,
+                self.last_seq
+            );
         }
         self.last_seq = message.seq;
         let delivery = Delivery {
@@ -320,5 +340,21 @@ mod tests {
         assert_eq!(sink.last_seq(), 3);
         drop(incoming);
         assert!(!sink.deliver(msg(4), 14, 2).await);
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_passed_on() {
+        let (mut sink, mut incoming, _acks) = incoming_channel();
+        assert!(sink.deliver(msg(1), 10, 1).await);
+        assert!(sink.deliver(msg(4), 11, 1).await); // 2 and 3 missing
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match incoming.recv().await {
+                Some(IncomingEvent::Message(d)) => seen.push(d.message.seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, vec![1, 4]);
+        assert_eq!(sink.last_seq(), 4);
     }
 }
