@@ -31,6 +31,10 @@ pub enum ChatError {
     Malformed(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error(
+        "data dir {dir} is in use by another server (lock file {lock}); stop it or choose another --data-dir"
+    )]
+    DataDirInUse { dir: String, lock: String },
     #[error("storage error in {path}: {source}")]
     Storage {
         path: String,
@@ -51,7 +55,7 @@ impl ChatError {
             Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
             Self::MailboxFull(..) => ErrorCode::ResourceExhausted,
             Self::ShuttingDown => ErrorCode::Unavailable,
-            Self::Storage { .. } => ErrorCode::Internal,
+            Self::Storage { .. } | Self::DataDirInUse { .. } => ErrorCode::Internal,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod client;
+pub mod data_lock;
 pub mod error;
 pub mod exit;
 pub mod id;

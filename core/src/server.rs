@@ -62,6 +62,8 @@ struct Inner {
     journal: JobSender,
     limits: Limits,
     data_dir: PathBuf,
+    /// Held for the server's lifetime: one server per data directory.
+    _lock: std::fs::File,
 }
 
 #[derive(Default)]
@@ -99,7 +101,10 @@ impl Client {
 
 impl ChatServer {
     /// Opens (or creates) the data directory and rebuilds the state from it.
+    /// Fails with [`ChatError::DataDirInUse`] while another server has it
+    /// (see [`crate::data_lock`]).
     pub fn open(config: ServerConfig) -> Result<Self, ChatError> {
+        let lock = crate::data_lock::lock(&config.data_dir)?;
         let replay = journal::replay(&config.data_dir)?;
         let mut state = State::default();
         for (id, ts) in replay.registered {
@@ -162,6 +167,7 @@ impl ChatServer {
                 journal,
                 limits: config.limits,
                 data_dir: config.data_dir,
+                _lock: lock,
             }),
         })
     }

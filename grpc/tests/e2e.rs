@@ -262,3 +262,32 @@ async fn unreachable_server_gets_a_clear_error_after_retrying() {
     let last = stderr.trim().lines().last().unwrap();
     assert!(last.starts_with("error: cannot reach"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let env = Env::<Grpc>::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(env.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let dir = env.data_dir().display().to_string();
+    assert!(
+        stderr.contains(&format!("data dir {dir} is in use by another server")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("server.lock"), "{stderr}");
+    // the first one still serves
+    let (_bob, mut bob_in) = env.online("bob").await;
+    let alice = env.client("alice").await;
+    alice.register().await.unwrap();
+    alice
+        .send(&"bob".parse().unwrap(), "still here")
+        .await
+        .unwrap();
+    let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
+    assert_eq!(got[0].text, "still here");
+}
