@@ -16,6 +16,11 @@ pub enum AmqpError {
     /// A name prefix that cannot be part of queue names.
     #[error("invalid namespace {0:?}: use 1-64 characters of A-Z, a-z, 0-9, '_', '-' or '.'")]
     InvalidNamespace(String),
+    /// Another server consumes `<ns>.server` (its consumer is exclusive).
+    #[error(
+        "another amqp-server already serves namespace {namespace} on this broker (the request queue {queue} has an exclusive consumer); stop it or use another --namespace"
+    )]
+    NamespaceTaken { namespace: String, queue: String },
     /// The broker answered, but the chat server is not there.
     #[error("{0}")]
     Unhealthy(String),

@@ -28,6 +28,17 @@
 //! Any broker error ends the connection's *generation*: everything is torn
 //! down and rebuilt on a new connection (redeclare, reconsume, republish).
 //! Unacknowledged requests go back to the queue by the broker's own rules.
+//!
+//! One server per namespace: `<ns>.server` is consumed with an *exclusive*
+//! consumer, because a second server would silently compete for requests
+//! with a state of its own (clients would get wrong answers). The broker
+//! refuses a second one with ACCESS_REFUSED. At start that ends the process
+//! (after [`TAKEN_GRACE`], in case the previous server just died and the
+//! broker has not noticed yet). A server that has served already and meets
+//! another one while reconnecting does not exit: it logs an error and keeps
+//! retrying with backoff, and takes over once the other one is gone (its
+//! own old connection, if it is the one that still holds the consumer, goes
+//! when the broker notices it is dead).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -63,13 +74,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most messages the forwarder publishes before it waits for their confirms.
 const FORWARD_BATCH: usize = 1024;
+/// At start, how long an exclusive consumer of another server is retried
+/// before the server gives up (a server killed a moment ago still holds it
+/// until the broker sees its connection close).
+const TAKEN_GRACE: Duration = Duration::from_secs(5);
 /// How many `list` queue look-ups run at once.
 const LIST_CONCURRENCY: usize = 16;
 
 /// Serves the chat on the broker at `config.url` until `shutdown` resolves.
 ///
 /// Waits for the broker at start and after losing it, retrying with backoff
-/// and saying so in the log. Returns `Err` only for a bad configuration.
+/// and saying so in the log. Returns `Err` for a bad configuration, and
+/// [`AmqpError::NamespaceTaken`] when another server serves the namespace
+/// at start.
 pub async fn run(
     config: AmqpConfig,
     server: ChatServer,
@@ -79,6 +96,8 @@ pub async fn run(
     let url = redact(&config.url);
     let mut shutdown = pin!(shutdown.fuse());
     let mut backoff = Backoff::new();
+    let mut served = false;
+    let started = tokio::time::Instant::now();
     loop {
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -111,17 +130,36 @@ pub async fn run(
         };
         tracing::info!(broker = %url, namespace = names.namespace(), "connected to the broker");
         let outcome = serve(&conn, &server, &names, &mut shutdown).await;
-        match outcome {
+        let delay = match outcome {
             Outcome::Shutdown => break,
             Outcome::Lost(reason) => {
                 tracing::warn!("lost the broker connection: {reason}; reconnecting");
+                served = true;
                 backoff.reset();
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
+                backoff.next_delay()
             }
+            Outcome::SetupFailed(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    "cannot set up on the broker at {url}: {reason}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                delay
+            }
+            Outcome::Taken => {
+                let taken = taken_error(&names);
+                if !served && started.elapsed() >= TAKEN_GRACE {
+                    server.shutdown();
+                    return Err(taken);
+                }
+                let delay = backoff.next_delay();
+                tracing::error!("{taken}; retrying in {:.1}s", delay.as_secs_f64());
+                delay
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(delay) => {}
         }
     }
     server.shutdown();
@@ -191,7 +229,27 @@ pub fn redact(url: &str) -> String {
 
 enum Outcome {
     Shutdown,
+    /// The connection failed while serving.
     Lost(String),
+    /// Declaring or consuming failed before serving began.
+    SetupFailed(String),
+    /// Another server holds the exclusive consumer on `<ns>.server`.
+    Taken,
+}
+
+fn taken_error(names: &Names) -> AmqpError {
+    AmqpError::NamespaceTaken {
+        namespace: names.namespace().to_owned(),
+        queue: names.server_queue(),
+    }
+}
+
+/// The broker refused a consumer because another one is exclusive.
+fn is_taken(e: &AmqpError) -> bool {
+    use lapin::ErrorKind;
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e, AmqpError::Broker(e) if matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))))
 }
 
 /// Set once by whoever first sees the connection fail; ends the generation.
@@ -309,7 +367,10 @@ async fn serve(
             .basic_consume(
                 names.server_queue().into(),
                 CONSUMER_TAG.into(),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -319,7 +380,11 @@ async fn serve(
         Ok(parts) => parts,
         Err(e) => {
             close_connection(conn, "amqp-server closing").await;
-            return Outcome::Lost(e.to_string());
+            return if is_taken(&e) {
+                Outcome::Taken
+            } else {
+                Outcome::SetupFailed(e.to_string())
+            };
         }
     };
     let generation = Arc::new(Generation {

@@ -482,3 +482,33 @@ async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
     let _ = peer.conn.close(200, "done".into()).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_namespace_is_refused() {
+    let ns = Namespace::new();
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = ServerProcess::spawn(&ns.url, &ns.name, first_dir.path());
+    wait_healthy(&ns.config()).await;
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_amqp-server"))
+        .args(["--amqp-url", &ns.url, "--namespace", &ns.name, "--data-dir"])
+        .arg(second_dir.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second server exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("another amqp-server already serves namespace {}", ns.name);
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("use another --namespace"), "{stderr}");
+
+    // The first one still serves, alone.
+    let alice = ns.registered("alice").await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    alice.send(&id("bob"), "still here").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "still here");
+    drop(first);
+}
