@@ -21,6 +21,15 @@ pub enum AmqpError {
         "another amqp-server already serves namespace {namespace} on this broker (the request queue {queue} has an exclusive consumer); stop it or use another --namespace"
     )]
     NamespaceTaken { namespace: String, queue: String },
+    /// A broker operation got no answer in time.
+    #[error(
+        "{what} on the broker at {url} timed out after {after:?}: the broker accepted the connection but does not answer; check `rabbitmqctl status` / the broker's logs"
+    )]
+    Timeout {
+        what: String,
+        url: String,
+        after: std::time::Duration,
+    },
     /// The broker answered, but the chat server is not there.
     #[error("{0}")]
     Unhealthy(String),

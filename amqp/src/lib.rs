@@ -12,6 +12,7 @@
 //! killed; both reconnect by themselves.
 
 pub mod client;
+pub mod deadline;
 pub mod error;
 pub mod server;
 pub mod topology;

@@ -62,12 +62,15 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::AmqpConfig;
+use crate::deadline::{bounded, op_timeout};
 use crate::error::{AmqpError, error_reply};
 use crate::topology::{self, Names};
 
 /// Consumer tag of the server on its request queue.
 const CONSUMER_TAG: &str = "amqp-server";
-/// How long a broker connection attempt may take before it counts as failed.
+/// How long a broker connection attempt may take before it counts as failed
+/// (shorter than [`crate::deadline::OP_TIMEOUT`]: reconnecting should be prompt;
+/// [`crate::deadline::OP_TIMEOUT_ENV`] shortens both).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, how long in-flight requests get to finish (the rest go
 /// back to the queue and are handled after a restart).
@@ -99,24 +102,14 @@ pub async fn run(
     let mut served = false;
     let started = tokio::time::Instant::now();
     loop {
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(
-                &config.url,
-                connection_properties(&format!("amqp-server {}", names.namespace())),
-            ),
-        );
+        let attempt = connect(&config.url, &url, &names);
         let conn = tokio::select! {
             () = &mut shutdown => break,
             r = attempt => r,
         };
         let conn = match conn {
-            Ok(Ok(conn)) => conn,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
-                };
+            Ok(conn) => conn,
+            Err(why) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     "waiting for the broker at {url}: {why}; retrying in {:.1}s",
@@ -129,7 +122,7 @@ pub async fn run(
             }
         };
         tracing::info!(broker = %url, namespace = names.namespace(), "connected to the broker");
-        let outcome = serve(&conn, &server, &names, &mut shutdown).await;
+        let outcome = serve(&conn, &server, &names, &url, &mut shutdown).await;
         let delay = match outcome {
             Outcome::Shutdown => break,
             Outcome::Lost(reason) => {
@@ -346,37 +339,84 @@ impl Request {
     }
 }
 
+/// Opens a connection to the broker, within [`CONNECT_TIMEOUT`].
+async fn connect(url: &str, redacted: &str, names: &Names) -> Result<Connection, AmqpError> {
+    let props = connection_properties(&format!("amqp-server {}", names.namespace()));
+    let bound = CONNECT_TIMEOUT.min(op_timeout());
+    bounded(
+        "connecting (AMQP handshake)",
+        redacted,
+        bound,
+        Connection::connect(url, props),
+    )
+    .await
+}
+
+/// What a generation works with, once set up.
+struct Parts {
+    consume: Channel,
+    publish: Channel,
+    admin: Channel,
+    consumer: lapin::Consumer,
+}
+
+/// Opens the channels, declares the server side and consumes `<ns>.server`
+/// (exclusively). Each step is bounded by [`op_timeout`].
+async fn setup(conn: &Connection, names: &Names, url: &str) -> Result<Parts, AmqpError> {
+    let t = op_timeout();
+    let channel = || bounded("opening a channel", url, t, conn.create_channel());
+    let (consume, publish, admin) = (channel().await?, channel().await?, channel().await?);
+    let confirms = publish.confirm_select(ConfirmSelectOptions::default());
+    bounded("enabling publisher confirms", url, t, confirms).await?;
+    let what = format!(
+        "declaring exchange {} and queues {}, {}",
+        names.deliver_exchange(),
+        names.dead_queue(),
+        names.server_queue()
+    );
+    bounded(what, url, t, topology::declare_server_side(&admin, names)).await?;
+    let qos = consume.basic_qos(topology::SERVER_PREFETCH, BasicQosOptions::default());
+    bounded("setting the prefetch (basic.qos)", url, t, qos).await?;
+    let options = BasicConsumeOptions {
+        exclusive: true,
+        ..BasicConsumeOptions::default()
+    };
+    let consume_op = consume.basic_consume(
+        names.server_queue().into(),
+        CONSUMER_TAG.into(),
+        options,
+        FieldTable::default(),
+    );
+    let what = format!("consuming queue {}", names.server_queue());
+    let consumer = bounded(what, url, t, consume_op).await?;
+    Ok(Parts {
+        consume,
+        publish,
+        admin,
+        consumer,
+    })
+}
+
 async fn serve(
     conn: &Connection,
     server: &ChatServer,
     names: &Names,
+    url: &str,
     shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
 ) -> Outcome {
-    let setup = async {
-        let consume = conn.create_channel().await?;
-        let publish = conn.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let admin = conn.create_channel().await?;
-        topology::declare_server_side(&admin, names).await?;
-        consume
-            .basic_qos(topology::SERVER_PREFETCH, BasicQosOptions::default())
-            .await?;
-        let consumer = consume
-            .basic_consume(
-                names.server_queue().into(),
-                CONSUMER_TAG.into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok::<_, AmqpError>((consume, publish, admin, consumer))
+    let set_up = tokio::select! {
+        () = &mut *shutdown => {
+            close_connection(conn, "amqp-server closing").await;
+            return Outcome::Shutdown;
+        }
+        r = setup(conn, names, url) => r,
     };
-    let (consume, publish, admin, mut consumer) = match setup.await {
+    let Parts {
+        consume,
+        publish,
+        admin,
+        mut consumer,
+    } = match set_up {
         Ok(parts) => parts,
         Err(e) => {
             close_connection(conn, "amqp-server closing").await;

@@ -512,3 +512,61 @@ async fn a_second_server_on_the_same_namespace_is_refused() {
     assert_eq!(recv_n(&mut b_in, 1).await[0].text, "still here");
     drop(first);
 }
+
+/// A "broker" that accepts TCP and never says a word: the server must not
+/// hang at start, but time out, say what it was doing, and retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_times_out_with_a_clear_message_and_is_retried() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // accepted, kept open, never answered
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_amqp-server"))
+        .args([
+            "--amqp-url",
+            &url,
+            "--namespace",
+            &Namespace::new().name,
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env(chat_amqp::deadline::OP_TIMEOUT_ENV, "500")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut timeouts = Vec::new();
+    let seen = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("timed out after 500ms") {
+                timeouts.push(line);
+                if timeouts.len() == 2 {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no timeout logged twice: {timeouts:?}");
+    let first = &timeouts[0];
+    assert!(first.contains("WARN"), "{first}");
+    assert!(
+        first.contains("connecting (AMQP handshake) on the broker at amqp://guest:***@"),
+        "{first}"
+    );
+    assert!(
+        first.contains("does not answer; check `rabbitmqctl status`"),
+        "{first}"
+    );
+    assert!(first.contains("retrying in"), "{first}");
+    assert!(server.try_wait().unwrap().is_none(), "it keeps retrying");
+    held.abort();
+}
