@@ -146,7 +146,11 @@ pub async fn run(
                     return Err(taken);
                 }
                 let delay = backoff.next_delay();
-                tracing::error!("{taken}; retrying in {:.1}s", delay.as_secs_f64());
+                let when = if served { "reconnecting" } else { "starting" };
+                tracing::error!(
+                    "{when}: {taken}; serving again once it is gone, retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
                 delay
             }
         };

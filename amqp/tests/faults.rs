@@ -570,3 +570,30 @@ async fn a_silent_broker_times_out_with_a_clear_message_and_is_retried() {
     assert!(server.try_wait().unwrap().is_none(), "it keeps retrying");
     held.abort();
 }
+
+/// A server that served, lost the broker and finds another server in its
+/// place when it comes back does not exit: it retries until the queue is
+/// free, then serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_server_waits_for_the_namespace_to_be_free() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start().await;
+    let first = InProcessServer::start(ns.config_via(&proxy.url())).await;
+    wait_healthy(&ns.config()).await;
+    proxy.refuse(true);
+    proxy.cut();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = ServerProcess::spawn(&ns.url, &ns.name, other_dir.path());
+    wait_healthy(&ns.config()).await;
+    proxy.refuse(false);
+    // the first server comes back, meets the other one's exclusive consumer
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    other.kill9().await;
+    wait_healthy(&ns.config()).await; // only the first one is left to consume
+    let alice = ns.registered("alice").await;
+    let bob = ns.client("bob").await;
+    let mut b_in = bob.join().await.unwrap();
+    alice.send(&id("bob"), "back").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "back");
+    first.stop().await;
+}
