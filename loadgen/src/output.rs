@@ -4,7 +4,7 @@
 //! HDR histograms for `loadgen merge`), and a table on stdout.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 /// One run, as a row of `results/runs.csv`. Field order is the column
 /// order; add new columns at the end only, and document them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-// Columns an older loadgen did not write read as empty.
+// Columns an older loadgen did not write (columns are only ever added at
+// the end) read as empty, so `plot` and `merge` read its files too.
 #[serde(default)]
 pub struct Row {
     pub run_id: String,
@@ -340,11 +341,6 @@ pub fn print_table(rows: &[Row]) -> std::io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Reads a runs.csv-like file at `path` (used by tests and `plot`).
-pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
-    Results::new(path.parent().unwrap_or(Path::new("."))).rows()
 }
 
 #[cfg(test)]

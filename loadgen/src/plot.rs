@@ -117,7 +117,7 @@ pub struct Outcome {
 /// Draws every chart it has rows for into `results.dir`, and summary.md.
 pub fn plot(results: &Results) -> anyhow::Result<Outcome> {
     style::register_font_once()?;
-    let all = select::read_rows(results)?;
+    let all = results.rows()?;
     let total = all.len();
     let sel = select::latest(all);
     eprintln!(

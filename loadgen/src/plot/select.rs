@@ -5,9 +5,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
-
-use crate::output::{Results, Row, header};
+use crate::output::Row;
 
 use super::style::STACKS;
 
@@ -20,33 +18,6 @@ pub struct Selection {
     pub superseded: usize,
     /// Rows that are one shard of a split load.
     pub shards: usize,
-}
-
-/// Every row of runs.csv, also from a file written by an older loadgen:
-/// columns are only ever added at the end, so the ones a file lacks are
-/// read as empty (`Results::rows` insists on today's exact header).
-pub fn read_rows(results: &Results) -> anyhow::Result<Vec<Row>> {
-    let path = results.runs_csv();
-    let mut r = csv::Reader::from_path(&path)
-        .with_context(|| format!("cannot read {} (run `loadgen run` first)", path.display()))?;
-    let found = r.headers()?.clone();
-    let columns: Vec<Option<usize>> = header()
-        .iter()
-        .map(|h| found.iter().position(|f| f == h))
-        .collect();
-    let full = csv::StringRecord::from(header());
-    let mut rows = Vec::new();
-    for (i, rec) in r.records().enumerate() {
-        let rec = rec.with_context(|| format!("{} is malformed", path.display()))?;
-        let fields = columns
-            .iter()
-            .map(|c| c.and_then(|c| rec.get(c)).unwrap_or(""));
-        let row = csv::StringRecord::from_iter(fields)
-            .deserialize(Some(&full))
-            .with_context(|| format!("{}: row {} is malformed", path.display(), i + 1))?;
-        rows.push(row);
-    }
-    Ok(rows)
 }
 
 /// Keeps the latest run (by `started_at`, then file order) of each point.

@@ -159,7 +159,7 @@ fn a_runs_csv_from_an_older_loadgen_with_fewer_columns_is_read() {
         .map(|l| l.rsplit_once(',').unwrap().0.to_owned())
         .collect();
     std::fs::write(results.runs_csv(), cut.join("\n") + "\n").unwrap();
-    let rows = select::read_rows(&results).unwrap();
+    let rows = results.rows().unwrap();
     assert_eq!(rows.len(), 38);
     assert_eq!(rows[0].experiment, "latency-vs-load");
 }
