@@ -1,12 +1,17 @@
 //! A TCP proxy inside loadgen, in front of a server or broker: clients
 //! connect through it, so the `cut-connections` fault can break every
 //! client connection at once (and refuse new ones for a while) without
-//! touching the server, as a network failure would.
+//! touching the server, as a network failure would, and the
+//! `freeze-clients` fault can stop every client connection dead without
+//! closing it, as a SIGSTOPped client process looks to its server: the
+//! socket stays open, nothing is read or written, and the kernel buffers
+//! fill until the peer's flow control stops it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,6 +22,8 @@ pub struct Proxy {
     addr: SocketAddr,
     /// Bumped by every cut; connection tasks end when it changes.
     cuts: watch::Sender<u64>,
+    /// True while the connections are frozen; the pumps wait on it.
+    frozen: watch::Sender<bool>,
     refuse_until: Arc<Mutex<Option<Instant>>>,
     accept: JoinHandle<()>,
 }
@@ -34,16 +41,19 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0u64);
+        let (frozen, _) = watch::channel(false);
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::default();
         let accept = tokio::spawn(accept_loop(
             listener,
             upstream,
             cuts.clone(),
+            frozen.clone(),
             refuse_until.clone(),
         ));
         Ok(Self {
             addr,
             cuts,
+            frozen,
             refuse_until,
             accept,
         })
@@ -60,12 +70,21 @@ impl Proxy {
             Some(Instant::now() + refuse_for);
         self.cuts.send_modify(|c| *c += 1);
     }
+
+    /// Stops every byte in both directions on every connection (open and
+    /// new) for `duration`, then lets them flow again. Nothing is closed.
+    pub async fn freeze(&self, duration: Duration) {
+        self.frozen.send_replace(true);
+        tokio::time::sleep(duration).await;
+        self.frozen.send_replace(false);
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     upstream: String,
     cuts: watch::Sender<u64>,
+    frozen: watch::Sender<bool>,
     refuse_until: Arc<Mutex<Option<Instant>>>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
@@ -78,26 +97,50 @@ async fn accept_loop(
             continue;
         }
         let mut cut = cuts.subscribe();
+        let (up_frozen, down_frozen) = (frozen.subscribe(), frozen.subscribe());
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(&upstream).await else {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
                 return;
             };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
-            let mut client = client;
+            let (client_r, client_w) = client.into_split();
+            let (server_r, server_w) = server.into_split();
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = pump(client_r, server_w, up_frozen) => {}
+                _ = pump(server_r, client_w, down_frozen) => {}
                 _ = cut.changed() => {}
             }
         });
     }
 }
 
+/// Copies `from` to `to` until either side ends, holding still (neither
+/// reading nor writing) while `frozen` is true.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut frozen: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn forwards_then_cuts_then_refuses_for_a_while() {
@@ -133,5 +176,39 @@ mod tests {
         again.write_all(b"pong").await.unwrap();
         again.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_freeze_holds_bytes_without_closing_then_lets_them_through() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = echo.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let proxy = Arc::new(Proxy::start(upstream).await.unwrap());
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 4];
+        c.write_all(b"warm").await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+
+        let freezer = tokio::spawn({
+            let proxy = proxy.clone();
+            async move { proxy.freeze(Duration::from_secs(2)).await }
+        });
+        tokio::task::yield_now().await;
+        c.write_all(b"held").await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing comes back while frozen");
+        freezer.await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf, b"held",
+            "the held bytes arrive after the freeze, in order"
+        );
     }
 }

@@ -237,7 +237,7 @@ impl Runner {
             phase: Some(phase_tx),
         };
         let proxy = match point.fault {
-            Some(f) if f.kind == FaultKind::CutConnections => {
+            Some(f) if matches!(f.kind, FaultKind::CutConnections | FaultKind::FreezeClients) => {
                 Some(Proxy::start(upstream(&server.endpoint)?).await?)
             }
             _ => None,
@@ -465,6 +465,14 @@ async fn inject(
                 .expect("a proxy for cut-connections")
                 .cut(fault.downtime);
             tokio::time::Instant::now()
+        }
+        FaultKind::FreezeClients => {
+            let struck = tokio::time::Instant::now();
+            proxy
+                .expect("a proxy for freeze-clients")
+                .freeze(fault.downtime)
+                .await;
+            struck
         }
         FaultKind::RestartBroker => {
             rabbitmqctl("stop_app").await?;

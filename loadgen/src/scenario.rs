@@ -158,6 +158,10 @@ pub enum FaultKind {
     /// Cut every client connection (clients go through a TCP proxy inside
     /// loadgen) and refuse new ones for the downtime.
     CutConnections,
+    /// Freeze every client connection for the downtime (the proxy holds
+    /// all bytes without closing anything), as the server sees a client
+    /// process stopped with SIGSTOP and resumed with SIGCONT.
+    FreezeClients,
 }
 
 impl FaultKind {
@@ -166,6 +170,7 @@ impl FaultKind {
             Self::KillServer => "kill-server",
             Self::RestartBroker => "restart-broker",
             Self::CutConnections => "cut-connections",
+            Self::FreezeClients => "freeze-clients",
         }
     }
 }

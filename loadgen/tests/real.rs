@@ -230,3 +230,45 @@ async fn cut_connections_lose_nothing_on_either_chat() {
     }
     chats.stop().await;
 }
+
+/// Freezing every client connection (as SIGSTOP would, closing nothing)
+/// delays messages but loses nothing, shows nothing twice and needs no
+/// reconnection, on both chats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_clients_lose_nothing_on_either_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = Runner::new(target(), Results::new(dir.path()), true, None).await;
+
+    let chats = Chats::start().await;
+
+    for (stack, endpoint) in [
+        (StackKind::Grpc, chats.grpc()),
+        (StackKind::Amqp, chats.amqp()),
+    ] {
+        let server = Server::at(stack, endpoint, true);
+        let mut p = point(stack, Load::Rate(300.0), Pattern::Pairs);
+        p.duration = Duration::from_secs(3);
+        let downtime = Duration::from_millis(1500);
+        p.fault = Some(Fault {
+            kind: FaultKind::FreezeClients,
+            at: Duration::from_millis(500),
+            downtime,
+        });
+        let mut ids = Vec::new();
+        let row = runner.run_point(&p, &server, &mut ids).await.unwrap();
+        server.stop(&ids).await;
+        assert_eq!(row.fault, "freeze-clients");
+        assert_eq!(row.reconnects, 0, "a freeze closes nothing: {row:?}");
+        assert_eq!(row.lost, 0, "{row:?}");
+        assert_eq!(row.duplicates, 0, "{row:?}");
+        assert_eq!(row.errors, 0, "{row:?}");
+        // A message scheduled when the freeze began could not be shown
+        // before it ended: the freeze was felt.
+        let felt = row.fault_max_e2e_us.expect("a latency spike is recorded");
+        assert!(
+            u128::from(felt) >= downtime.as_micros() / 2,
+            "spike {felt} µs for a {downtime:?} freeze: {row:?}"
+        );
+    }
+    chats.stop().await;
+}

@@ -128,7 +128,8 @@ struct PointArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Inject a fault: kill-server (needs --spawn), restart-broker (the
-    /// local RabbitMQ), cut-connections (through a proxy inside loadgen).
+    /// local RabbitMQ), cut-connections (through a proxy inside loadgen),
+    /// freeze-clients (the proxy holds every byte, as for SIGSTOPped clients).
     #[arg(long, value_enum)]
     fault: Option<FaultKind>,
     /// When the fault strikes, from the start of the measured window
