@@ -631,10 +631,7 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
 }
 
 fn history(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
-    let messages = g.server.history(raw_id)?;
-    Ok(pb::reply::Body::History(pb::HistoryReply {
-        messages: messages.iter().map(|m| m.to_proto()).collect(),
-    }))
+    Ok(pb::reply::Body::History(g.server.history_reply(raw_id)?))
 }
 
 /// Handlers waiting for "your message reached its recipient's queue".

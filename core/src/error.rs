@@ -27,6 +27,15 @@ pub enum ChatError {
     AlreadyOnline(ClientId),
     #[error("recipient {0:?} has too many undelivered messages ({1}); try again later")]
     MailboxFull(ClientId, usize),
+    #[error(
+        "the history of {id} is {bytes} bytes ({messages} messages), over the server's reply limit of {max} bytes; every message is still in the server's log.txt (the server's --max-reply-bytes sets the limit)"
+    )]
+    ReplyTooLarge {
+        id: ClientId,
+        messages: usize,
+        bytes: usize,
+        max: usize,
+    },
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("server is shutting down")]
@@ -53,7 +62,7 @@ impl ChatError {
             | Self::Malformed(_) => ErrorCode::InvalidArgument,
             Self::UnknownRecipient(_) | Self::UnknownSender(_) => ErrorCode::NotFound,
             Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
-            Self::MailboxFull(..) => ErrorCode::ResourceExhausted,
+            Self::MailboxFull(..) | Self::ReplyTooLarge { .. } => ErrorCode::ResourceExhausted,
             Self::ShuttingDown => ErrorCode::Unavailable,
             Self::Storage { .. } | Self::DataDirInUse { .. } => ErrorCode::Internal,
         }

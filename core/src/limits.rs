@@ -11,6 +11,12 @@ pub const DEFAULT_MAX_TEXT_BYTES: usize = 4096;
 /// without bound for a client that never comes back.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
+/// Default largest reply (a history), in bytes of protobuf: gRPC clients
+/// refuse larger messages by default (tonic's 4 MiB decoding limit) and
+/// RabbitMQ 4.x refuses messages over 16 MiB (`max_message_size`), so one
+/// reply stays well inside both.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 * 1024 * 1024 - 1024;
+
 /// The server-side limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -18,6 +24,9 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Most undelivered messages kept for one recipient.
     pub max_pending: usize,
+    /// Largest reply (a history), in encoded bytes; a larger one is refused
+    /// with RESOURCE_EXHAUSTED instead of failing on the wire.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +34,7 @@ impl Default for Limits {
         Self {
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             max_pending: DEFAULT_MAX_PENDING,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }

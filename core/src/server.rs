@@ -363,6 +363,27 @@ impl ChatServer {
             .unwrap_or_default())
     }
 
+    /// [`Self::history`] as one protobuf reply, refused with
+    /// [`ChatError::ReplyTooLarge`] when it would exceed
+    /// [`Limits::max_reply_bytes`] (both transports answer it this way).
+    pub fn history_reply(&self, raw_id: &str) -> Result<pb::HistoryReply, ChatError> {
+        let id = ClientId::parse(raw_id)?;
+        let reply = pb::HistoryReply {
+            messages: self.history(raw_id)?.iter().map(|m| m.to_proto()).collect(),
+        };
+        let bytes = prost::Message::encoded_len(&reply);
+        let max = self.inner.limits.max_reply_bytes;
+        if bytes > max {
+            return Err(ChatError::ReplyTooLarge {
+                id,
+                messages: reply.messages.len(),
+                bytes,
+                max,
+            });
+        }
+        Ok(reply)
+    }
+
     /// Every committed, unacknowledged message, per recipient in seq order.
     pub fn undelivered(&self) -> Vec<Arc<Message>> {
         self.lock()
@@ -469,6 +490,11 @@ pub struct ServerArgs {
     /// Most undelivered messages kept for one recipient.
     #[arg(long, env = "CHAT_MAX_PENDING", default_value_t = crate::limits::DEFAULT_MAX_PENDING)]
     pub max_pending: usize,
+    /// Largest reply (a client's history), in encoded bytes; a larger one
+    /// is refused with RESOURCE_EXHAUSTED. Keep it under the clients'
+    /// decoding limit (4 MiB for gRPC) and the broker's max_message_size.
+    #[arg(long, env = "CHAT_MAX_REPLY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_REPLY_BYTES)]
+    pub max_reply_bytes: usize,
     /// `os`: answer once written to the OS (survives a server crash);
     /// `fsync`: also flush to disk (survives a machine crash).
     #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
@@ -482,6 +508,7 @@ impl ServerArgs {
             limits: Limits {
                 max_text_bytes: self.max_text_bytes,
                 max_pending: self.max_pending,
+                max_reply_bytes: self.max_reply_bytes,
             },
             durability: self.durability,
         }

@@ -126,14 +126,11 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
-        let messages = self
+        let reply = self
             .server
-            .history(&request.into_inner().client_id)
-            .map_err(to_status)?
-            .iter()
-            .map(|m| m.to_proto())
-            .collect();
-        Ok(Response::new(pb::HistoryReply { messages }))
+            .history_reply(&request.into_inner().client_id)
+            .map_err(to_status)?;
+        Ok(Response::new(reply))
     }
 }
 

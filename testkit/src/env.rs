@@ -54,11 +54,22 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start<S: Stack>(stack: &S, data_dir: &Path) -> Self {
+        Self::start_with_env(stack, data_dir, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables (server flags such
+    /// as `CHAT_MAX_REPLY_BYTES`) on top of the stack's own.
+    pub async fn start_with_env<S: Stack>(
+        stack: &S,
+        data_dir: &Path,
+        extra_env: &[(String, String)],
+    ) -> Self {
         let mut cmd = Command::new(stack.server_bin());
         cmd.args(stack.server_args())
             .arg("--data-dir")
             .arg(data_dir)
             .envs(stack.server_env())
+            .envs(extra_env.iter().cloned())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -132,9 +143,18 @@ pub struct Env<S: Stack> {
 
 impl<S: Stack> Env<S> {
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables for the server.
+    pub async fn start_with_env(extra_env: &[(&str, &str)]) -> Self {
         let stack = S::new().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = ServerProcess::start(&stack, dir.path()).await;
+        let extra: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server = ServerProcess::start_with_env(&stack, dir.path(), &extra).await;
         Self {
             stack,
             dir,
