@@ -30,6 +30,19 @@ BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug
 URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 NS = "contract-" + uuid.uuid4().hex[:10]
 WAIT = 60.0
+HEARTBEAT = 10  # docs: negotiate a short heartbeat
+MAX_REPLY_BYTES = 4000  # the server's --max-reply-bytes for this check
+JOINED = set()  # every client ID registered here, for the cleanup
+
+
+def server_queue_args():
+    """The exact arguments of <ns>.server (docs: Names)."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{NS}.dead"}
+
+
+def url_with_heartbeat():
+    sep = "&" if "?" in URL else "?"
+    return f"{URL}{sep}heartbeat={HEARTBEAT}"
 
 
 def load_proto(tmp):
@@ -53,8 +66,11 @@ class PyClient:
     def __init__(self, pb, client_id):
         self.pb = pb
         self.id = client_id
-        self.conn = pika.BlockingConnection(pika.URLParameters(URL))
+        self.conn = pika.BlockingConnection(pika.URLParameters(url_with_heartbeat()))
         self.ch = self.conn.channel()
+        # Declared before the first request, with its exact arguments, so
+        # that a request never vanishes for want of a queue.
+        self.ch.queue_declare(f"{NS}.server", durable=True, arguments=server_queue_args())
         self.ch.confirm_delivery()
         # Exclusive, server-named reply queue, consumed with auto-ack.
         self.reply_queue = self.ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
@@ -69,8 +85,10 @@ class PyClient:
         self.replies[props.correlation_id] = reply
 
     def request(self, **body):
+        return self.request_raw(self.pb.Request(**body))
+
+    def request_raw(self, req):
         corr = str(uuid.uuid4())
-        req = self.pb.Request(**body)
         self.ch.basic_publish(
             exchange="",
             routing_key=f"{NS}.server",
@@ -94,6 +112,7 @@ class PyClient:
     def join(self):
         reply = self.request(register=self.pb.RegisterRequest(client_id=self.id))
         assert reply.WhichOneof("body") == "register", reply
+        JOINED.add(self.id)
         self.ch.basic_qos(prefetch_count=256)
         self.ch.basic_consume(f"{NS}.client.{self.id}", self._on_message, exclusive=True)
 
@@ -105,9 +124,14 @@ class PyClient:
             self.inbox.append(m)
         ch.basic_ack(method.delivery_tag)
 
-    def send(self, to, text):
+    def send(self, to, text, msg_id=None):
         return self.request(send=self.pb.SendRequest(
-            id=str(uuid.uuid4()), to=to, text=text, **{"from": self.id}))
+            id=str(uuid.uuid4()) if msg_id is None else msg_id,
+            to=to, text=text, **{"from": self.id}))
+
+    def close(self):
+        if self.conn.is_open:
+            self.conn.close()
 
     def wait_messages(self, n):
         deadline = time.time() + WAIT
@@ -116,6 +140,9 @@ class PyClient:
                 raise AssertionError(f"only {len(self.inbox)} of {n} messages arrived")
             self.conn.process_data_events(time_limit=0.2)
         return self.inbox[:n]
+
+    def inbox_texts(self):
+        return [m.text for m in self.inbox]
 
 
 def check(cond, what):
@@ -126,7 +153,8 @@ def check(cond, what):
 
 def main():
     subprocess.run(["cargo", "build", "-q", "-p", "chat-amqp", "--bins"], cwd=ROOT, check=True)
-    env = dict(os.environ, AMQP_URL=URL, CHAT_AMQP_NAMESPACE=NS, RUST_LOG="warn")
+    env = dict(os.environ, AMQP_URL=URL, CHAT_AMQP_NAMESPACE=NS, RUST_LOG="warn",
+               CHAT_MAX_REPLY_BYTES=str(MAX_REPLY_BYTES))
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         pb = load_proto(tmp)
@@ -196,6 +224,12 @@ def main():
             check(reply.error.code == pb.ErrorCode.Value("ALREADY_EXISTS"),
                   "a second client with an online ID is refused")
             second.conn.close()
+
+            check_declarations(pb)
+            check_heartbeat(py)
+            check_message_ids(pb, py)
+            check_history_limit(pb, py)
+            check_coming_back(pb, py)
             print("contract check passed")
         finally:
             for p in procs:
@@ -207,7 +241,99 @@ def main():
                         p.kill()
             if py is not None and py.conn.is_open:
                 py.conn.close()
-            cleanup(["rusty", py_id] if py else [])
+            cleanup(["rusty"] + sorted(JOINED))
+
+
+def check_declarations(pb):
+    """Names: exact arguments, integer types, and the silent drop."""
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    ch = conn.channel()
+    ch.queue_declare(f"{NS}.server", durable=True, arguments=server_queue_args())
+    ch.queue_declare(f"{NS}.dead", durable=True, arguments={"x-max-length": 10000})
+    check(True, "<ns>.server and <ns>.dead redeclare with the documented arguments "
+                "(x-max-length as a 32-bit int)")
+    try:
+        ch.queue_declare(f"{NS}.server", durable=True)
+        raise AssertionError("a declaration without the arguments was accepted")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        check(e.reply_code == 406, f"other arguments are refused: {e.reply_text[:60]}...")
+    ch = conn.channel()
+    ch.confirm_delivery()
+    nowhere = "contract-never-" + uuid.uuid4().hex[:8]
+    req = pb.Request(list_clients=pb.ListClientsRequest()).SerializeToString()
+    ch.basic_publish("", f"{nowhere}.server", req)  # confirmed, yet dropped
+    try:
+        ch.basic_publish("", f"{nowhere}.server", req, mandatory=True)
+        raise AssertionError("a mandatory request to a missing queue was not returned")
+    except pika.exceptions.UnroutableError:
+        check(True, "without <ns>.server a request is dropped; mandatory returns it")
+    conn.close()
+
+
+def check_heartbeat(py):
+    got = py.conn._impl.params.heartbeat
+    check(got == HEARTBEAT, f"the broker accepts a {HEARTBEAT} s heartbeat (negotiated {got})")
+
+
+def check_message_ids(pb, py):
+    """An empty send.id is not idempotent; a repeated id is."""
+    peer = PyClient(pb, "ids-" + uuid.uuid4().hex[:6])
+    peer.join()
+    first = py.send(peer.id, "same text", msg_id="")
+    again = py.send(peer.id, "same text", msg_id="")
+    check(first.send.id and again.send.id and first.send.id != again.send.id,
+          "two sends with an empty id are two messages")
+    fixed = str(uuid.uuid4())
+    a = py.send(peer.id, "once", msg_id=fixed)
+    b = py.send(peer.id, "once", msg_id=fixed)
+    check(a.send.id == b.send.id == fixed and a.send.timestamp_ms == b.send.timestamp_ms,
+          "a repeated id is answered with the same message")
+    got = [m.text for m in peer.wait_messages(3)]
+    time.sleep(1)
+    peer.conn.process_data_events(time_limit=0.5)
+    check(got == ["same text", "same text", "once"] and len(peer.inbox) == 3,
+          f"the recipient got both empty-id sends and the repeated one once: {peer.inbox_texts()}")
+    peer.close()
+    return peer.id
+
+
+def check_history_limit(pb, py):
+    big = PyClient(pb, "big-" + uuid.uuid4().hex[:6])
+    big.join()
+    for _ in range(40):
+        assert big.send(py.id, "y" * 100).WhichOneof("body") == "send"
+    reply = big.request(history=pb.HistoryRequest(client_id=big.id))
+    check(reply.WhichOneof("body") == "error"
+          and reply.error.code == pb.ErrorCode.Value("RESOURCE_EXHAUSTED")
+          and f"reply limit of {MAX_REPLY_BYTES} bytes" in reply.error.message,
+          f"a history over the reply limit is refused: {reply.error.message[:70]}...")
+    big.close()
+
+
+def check_coming_back(pb, py):
+    """After a lost connection: no register needed, nothing lost or repeated."""
+    last = py.last_seq
+    py.close()
+    sender = PyClient(pb, "back-" + uuid.uuid4().hex[:6])
+    sender.join()
+    sender.send(py.id, "while you were away")
+    back = PyClient(pb, py.id)
+    back.last_seq = last  # the seq rule: what it had shown before
+    back.ch.basic_qos(prefetch_count=256)
+    back.ch.basic_consume(f"{NS}.client.{py.id}", back._on_message, exclusive=True)
+    deadline = time.time() + WAIT
+    while not any(m.text == "while you were away" for m in back.inbox):
+        if time.time() > deadline:
+            raise AssertionError(f"the waiting message never came: {back.inbox_texts()}")
+        back.conn.process_data_events(time_limit=0.2)
+    check(all(m.seq > last for m in back.inbox),
+          "consuming again without register gets what waited, nothing shown twice")
+    reply = back.request(register=pb.RegisterRequest(client_id=py.id))
+    check(reply.WhichOneof("body") == "error"
+          and reply.error.code == pb.ErrorCode.Value("ALREADY_EXISTS"),
+          "register while consuming says ALREADY_EXISTS (so do not re-register)")
+    back.close()
+    sender.close()
 
 
 def cleanup(clients):
