@@ -77,6 +77,10 @@ pub struct Row {
     pub fault_downtime_s: Option<f64>,
     pub recovery_s: Option<f64>,
     pub fault_max_e2e_us: Option<u64>,
+    /// The server's RSS when the measured window began: with
+    /// `server_rss_mb` (at its end) it says whether memory stays flat.
+    #[serde(default)]
+    pub server_rss_start_mb: Option<f64>,
 }
 
 impl Row {
@@ -352,10 +356,10 @@ mod tests {
     #[test]
     fn the_csv_header_is_stable() {
         let h = header();
-        assert_eq!(h.len(), 59);
+        assert_eq!(h.len(), 60);
         assert_eq!(&h[..4], ["run_id", "started_at", "experiment", "stack"]);
         assert!(h.contains(&"e2e_p999_us".to_owned()));
-        assert_eq!(h.last().map(String::as_str), Some("fault_max_e2e_us"));
+        assert_eq!(h.last().map(String::as_str), Some("server_rss_start_mb"));
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/results.md"))
                 .unwrap();

@@ -14,6 +14,7 @@ use procfs::process::Process;
 pub struct Watched {
     pub pid: i32,
     start: Option<(u64, Instant)>,
+    rss_start_kb: u64,
 }
 
 /// What was measured of one process over a window.
@@ -25,6 +26,8 @@ pub struct Usage {
     pub peak_rss_kb: u64,
     /// Resident set size at the end of the window, in KiB.
     pub rss_kb: u64,
+    /// Resident set size when the window began, in KiB.
+    pub rss_start_kb: u64,
 }
 
 fn ticks(pid: i32) -> Option<u64> {
@@ -34,7 +37,11 @@ fn ticks(pid: i32) -> Option<u64> {
 
 impl Watched {
     pub fn new(pid: i32) -> Self {
-        Self { pid, start: None }
+        Self {
+            pid,
+            start: None,
+            rss_start_kb: 0,
+        }
     }
 
     pub fn myself() -> Self {
@@ -43,6 +50,11 @@ impl Watched {
 
     pub fn begin(&mut self) {
         self.start = ticks(self.pid).map(|t| (t, Instant::now()));
+        self.rss_start_kb = Process::new(self.pid)
+            .and_then(|p| p.status())
+            .ok()
+            .and_then(|s| s.vmrss)
+            .unwrap_or(0);
     }
 
     /// Usage since [`Watched::begin`]; `None` if the process is gone.
@@ -56,6 +68,7 @@ impl Watched {
             cpu_percent: if secs > 0.0 { 100.0 * cpu / secs } else { 0.0 },
             peak_rss_kb: status.vmhwm.unwrap_or(0),
             rss_kb: status.vmrss.unwrap_or(0),
+            rss_start_kb: self.rss_start_kb,
         })
     }
 }

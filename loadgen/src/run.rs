@@ -348,6 +348,7 @@ impl Runner {
             server_cpu_pct: get("server").map(|u| u.cpu_percent),
             server_peak_rss_mb: get("server").map(|u| mb(u.peak_rss_kb)),
             server_rss_mb: get("server").map(|u| mb(u.rss_kb)),
+            server_rss_start_mb: get("server").map(|u| mb(u.rss_start_kb)),
             broker_cpu_pct: get("broker").map(|u| u.cpu_percent),
             broker_peak_rss_mb: get("broker").map(|u| mb(u.peak_rss_kb)),
             server_settings: server.settings.clone(),
