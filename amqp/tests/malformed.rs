@@ -5,152 +5,16 @@
 //! loops"), and keeps serving everyone else.
 
 mod common;
+mod raw;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chat_amqp::topology::{self, Names};
 use chat_core::{ChatClient, ErrorCode};
 use chat_proto::v1 as pb;
 use common::*;
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
-use prost::Message as _;
-
-/// A raw AMQP peer: one channel, one exclusive reply queue it consumes.
-struct RawPeer {
-    conn: Connection,
-    ch: Channel,
-    reply_queue: String,
-    replies: lapin::Consumer,
-    server_queue: String,
-}
-
-impl RawPeer {
-    async fn connect(ns: &Namespace) -> Self {
-        let conn = Connection::connect(&ns.url, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let reply_queue = q.name().to_string();
-        let replies = ch
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "raw".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Self {
-            conn,
-            ch,
-            reply_queue,
-            replies,
-            server_queue: Names::new(&ns.name).unwrap().server_queue(),
-        }
-    }
-
-    /// Publishes `body` to `<ns>.server` with `props`.
-    async fn publish(&self, body: &[u8], props: BasicProperties) {
-        self.ch
-            .basic_publish(
-                "".into(),
-                self.server_queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Request properties with our reply queue and `correlation`.
-    fn props(&self, correlation: &str) -> BasicProperties {
-        topology::request_properties(&self.reply_queue, correlation)
-    }
-
-    /// Collects replies until every one of `expected` has come.
-    async fn replies(&mut self, expected: &[&str]) -> HashMap<String, pb::Reply> {
-        let mut got = HashMap::new();
-        while !expected.iter().all(|c| got.contains_key(*c)) {
-            let delivery = tokio::time::timeout(WAIT, self.replies.next())
-                .await
-                .unwrap_or_else(|_| panic!("replies so far {got:?}, expected {expected:?}"))
-                .expect("reply consumer ended")
-                .unwrap();
-            let correlation = delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default();
-            let reply = pb::Reply::decode(delivery.data.as_slice()).expect("a chat.v1.Reply");
-            assert!(
-                got.insert(correlation.clone(), reply).is_none(),
-                "two replies for {correlation}"
-            );
-        }
-        got
-    }
-
-    /// Messages waiting in `queue` (a passive declare).
-    async fn depth(&self, queue: &str) -> u32 {
-        self.ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
-    }
-}
-
-fn error_of(reply: &pb::Reply) -> (ErrorCode, &str) {
-    match &reply.body {
-        Some(pb::reply::Body::Error(e)) => (
-            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-            e.message.as_str(),
-        ),
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
-
-fn request(body: pb::request::Body) -> Vec<u8> {
-    pb::Request { body: Some(body) }.encode_to_vec()
-}
-
-fn send(from: &str, to: &str, text: &str) -> pb::request::Body {
-    pb::request::Body::Send(pb::SendRequest {
-        id: uuid::Uuid::now_v7().to_string(),
-        from: from.into(),
-        to: to.into(),
-        text: text.into(),
-    })
-}
+use lapin::BasicProperties;
+use raw::{RawPeer, error_of, request, send};
 
 const ONE_MIB: usize = 1 << 20;
 
@@ -172,7 +36,24 @@ async fn malformed_requests_are_answered_or_dead_lettered_and_everyone_else_is_s
         whole[..whole.len() - 3].to_vec()
     };
     let list = request(pb::request::Body::ListClients(pb::ListClientsRequest {}));
-    let poison: [(&str, Vec<u8>, BasicProperties, &str); 5] = [
+    // A send whose text is not UTF-8 (protobuf strings must be).
+    let invalid_utf8 = {
+        let mut inner = vec![0x12, 5];
+        inner.extend(b"alice");
+        inner.extend([0x1a, 3]);
+        inner.extend(b"bob");
+        inner.extend([0x22, 3, b'a', 0xc3, 0x28]);
+        let mut body = vec![0x12, inner.len() as u8];
+        body.extend(inner);
+        body
+    };
+    let poison: [(&str, Vec<u8>, BasicProperties, &str); 6] = [
+        (
+            "invalid-utf8",
+            invalid_utf8,
+            raw.props("invalid-utf8"),
+            "invalid string value: data is not UTF-8 encoded",
+        ),
         (
             "garbage",
             vec![0xff; 64],
@@ -292,6 +173,6 @@ async fn malformed_requests_are_answered_or_dead_lettered_and_everyone_else_is_s
         "only the two valid sends were accepted"
     );
 
-    let _ = tokio::time::timeout(WAIT, raw.conn.close(200, "done".into())).await;
+    raw.close().await;
     server.stop().await;
 }
