@@ -228,3 +228,28 @@ proptest! {
         open_twice(dir.path());
     }
 }
+
+/// A file whose lines end in `\r\n` (edited on Windows) replays as if they
+/// ended in `\n`.
+#[test]
+fn crlf_line_ends_are_tolerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Message {
+        id: MessageId::generate(),
+        from: ClientId::parse("alice").unwrap(),
+        to: ClientId::parse("bob").unwrap(),
+        text: "hi\r".into(),
+        timestamp_ms: 1_795_772_199_123,
+        seq: 0,
+    };
+    let log = log_text(std::slice::from_ref(&m)).replace('\n', "\r\n");
+    std::fs::write(dir.path().join(LOG_FILE), log).unwrap();
+    std::fs::write(
+        dir.path().join(STATE_FILE),
+        "register 1 alice\r\nack bob 0\r\n",
+    )
+    .unwrap();
+    let replay = journal::replay(dir.path()).expect("replays");
+    assert_eq!(replay.messages, [m]);
+    assert_eq!(replay.registered.len(), 1);
+}

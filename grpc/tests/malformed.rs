@@ -115,6 +115,15 @@ async fn malformed_protobuf_bodies_are_invalid_argument() {
             "{status:?}"
         );
     }
+    // Over tonic's default 4 MiB per message: refused before decoding.
+    let status = raw_unary(&env, "Send", vec![0; 5 << 20])
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
     let status = raw_streaming(&env, "Subscribe", vec![0x0a, 0x01, 0xff])
         .await
         .expect_err("subscribe");
