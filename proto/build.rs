@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Malformed request bodies are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::ChatCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod deadline;
 pub mod error;
+mod request;
 pub mod server;
 pub mod topology;
 

@@ -64,6 +64,7 @@ use tokio::task::JoinSet;
 use crate::AmqpConfig;
 use crate::deadline::{bounded, op_timeout};
 use crate::error::{AmqpError, error_reply};
+use crate::request;
 use crate::topology::{self, Names};
 
 /// Consumer tag of the server on its request queue.
@@ -480,26 +481,9 @@ async fn serve(
     outcome
 }
 
-/// Why a request cannot be handled at all (it is dead-lettered).
-fn decode(delivery: &Delivery) -> Result<pb::request::Body, String> {
-    if let Some(kind) = delivery.properties.kind()
-        && kind.as_str() != topology::TYPE_REQUEST
-    {
-        return Err(format!(
-            "unexpected message type {:?} (expected {:?})",
-            kind.as_str(),
-            topology::TYPE_REQUEST
-        ));
-    }
-    let request = pb::Request::decode(delivery.data.as_slice())
-        .map_err(|e| format!("body is not a chat.v1.Request: {e}"))?;
-    request
-        .body
-        .ok_or_else(|| "request has no body (register, send, list_clients or history)".into())
-}
-
 fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSet<()>) {
-    let body = decode(&delivery);
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+    let body = request::decode(kind, &delivery.data);
     let request = Request {
         reply_to: delivery.properties.reply_to().clone(),
         correlation_id: delivery.properties.correlation_id().clone(),
@@ -511,10 +495,10 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
             tracing::warn!(
                 bytes = request.delivery.data.len(),
                 reply_to = ?request.reply_to,
-                "rejecting a malformed request: {why}"
+                "rejecting a request: {why}"
             );
             tasks.spawn(async move {
-                let reply = error_reply(&ChatError::Malformed(why));
+                let reply = error_reply(&why);
                 g.reply(&request, reply).await;
                 // Not requeued: it goes to <ns>.dead and can never loop.
                 let rejected = request

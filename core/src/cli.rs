@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
 use crate::client::{ChatClient, ClientError, ConnectionState, Incoming, IncomingEvent};
-use crate::error::ErrorCode;
+use crate::error::{ChatError, ErrorCode};
 use crate::id::ClientId;
 use crate::message::{ClientInfo, Message, format_timestamp};
 
@@ -342,6 +342,64 @@ async fn interactive<C: ChatClient>(
     Ok(())
 }
 
+/// What one input line asks for, parsed before anything is done with it.
+#[derive(Debug)]
+pub enum LineCommand {
+    /// A blank line: nothing to do.
+    Nothing,
+    /// `/quit` or `/exit`.
+    Quit,
+    /// `/help`.
+    Help,
+    /// `/list`.
+    List,
+    /// `/history`.
+    History,
+    /// `/msg <id> <text>` (`to` is `Some`) or plain text for the last
+    /// recipient (`to` is `None`). The text is kept as typed.
+    Send { to: Option<ClientId>, text: String },
+    /// `/msg` whose recipient is not a valid client ID.
+    BadRecipient(ChatError),
+    /// Not understood; the message says what to type instead.
+    Usage(String),
+}
+
+/// Parses one input line (its trailing `\r`/`\n` ignored). Never fails:
+/// what it does not understand becomes [`LineCommand::Usage`].
+pub fn parse_input(line: &str) -> LineCommand {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return LineCommand::Nothing;
+    }
+    let Some(cmd) = line.strip_prefix('/') else {
+        return LineCommand::Send {
+            to: None,
+            text: line.to_owned(),
+        };
+    };
+    let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
+    match name {
+        "quit" | "exit" => LineCommand::Quit,
+        "help" => LineCommand::Help,
+        "list" => LineCommand::List,
+        "history" => LineCommand::History,
+        "msg" => {
+            let rest = rest.trim_start();
+            let Some((to, text)) = rest.split_once(char::is_whitespace) else {
+                return LineCommand::Usage("usage: /msg <id> <text>".into());
+            };
+            match ClientId::parse(to) {
+                Ok(to) => LineCommand::Send {
+                    to: Some(to),
+                    text: text.to_owned(),
+                },
+                Err(e) => LineCommand::BadRecipient(e),
+            }
+        }
+        other => LineCommand::Usage(format!("unknown command /{other}; type /help")),
+    }
+}
+
 /// Acts on one input line. Returns `false` on `/quit`.
 fn handle_line<C: ChatClient>(
     client: &C,
@@ -351,67 +409,51 @@ fn handle_line<C: ChatClient>(
     last_to: &mut Option<ClientId>,
     line: &str,
 ) -> bool {
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.trim().is_empty() {
-        return true;
-    }
-    let (to, text) = if let Some(cmd) = line.strip_prefix('/') {
-        let (name, rest) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
-        match name {
-            "quit" | "exit" => return false,
-            "help" => {
-                out.emit(&Event::Info {
-                    message: HELP.into(),
-                });
-                return true;
-            }
-            "list" => {
-                let (client, out) = (client.clone(), out.clone());
-                sends.spawn(async move {
-                    match client.list_clients().await {
-                        Ok(c) => out.clients(&c),
-                        Err(e) => out.error(&e),
-                    }
-                });
-                return true;
-            }
-            "history" => {
-                let (client, out) = (client.clone(), out.clone());
-                sends.spawn(async move {
-                    match client.history().await {
-                        Ok(h) => out.history(client.id(), &h),
-                        Err(e) => out.error(&e),
-                    }
-                });
-                return true;
-            }
-            "msg" => {
-                let rest = rest.trim_start();
-                let Some((to, text)) = rest.split_once(char::is_whitespace) else {
-                    out.error_text("usage: /msg <id> <text>");
-                    return true;
-                };
-                match ClientId::parse(to) {
-                    Ok(to) => (to, text.to_owned()),
-                    Err(e) => {
-                        out.error(&ClientError::from(e));
-                        return true;
-                    }
-                }
-            }
-            other => {
-                out.error_text(&format!("unknown command /{other}; type /help"));
-                return true;
-            }
+    let (to, text) = match parse_input(line) {
+        LineCommand::Nothing => return true,
+        LineCommand::Quit => return false,
+        LineCommand::Help => {
+            out.emit(&Event::Info {
+                message: HELP.into(),
+            });
+            return true;
         }
-    } else {
-        match last_to {
-            Some(to) => (to.clone(), line.to_owned()),
+        LineCommand::List => {
+            let (client, out) = (client.clone(), out.clone());
+            sends.spawn(async move {
+                match client.list_clients().await {
+                    Ok(c) => out.clients(&c),
+                    Err(e) => out.error(&e),
+                }
+            });
+            return true;
+        }
+        LineCommand::History => {
+            let (client, out) = (client.clone(), out.clone());
+            sends.spawn(async move {
+                match client.history().await {
+                    Ok(h) => out.history(client.id(), &h),
+                    Err(e) => out.error(&e),
+                }
+            });
+            return true;
+        }
+        LineCommand::BadRecipient(e) => {
+            out.error(&ClientError::from(e));
+            return true;
+        }
+        LineCommand::Usage(message) => {
+            out.error_text(&message);
+            return true;
+        }
+        LineCommand::Send { to: Some(to), text } => (to, text),
+        LineCommand::Send { to: None, text } => match last_to {
+            Some(to) => (to.clone(), text),
             None => {
                 out.error_text("no recipient yet: start with /msg <id> <text>");
                 return true;
             }
-        }
+        },
     };
     *last_to = Some(to.clone());
     let lane = lanes.entry(to.clone()).or_insert_with(|| {

@@ -20,7 +20,7 @@
 //! acknowledged, so replay drops it and truncates the file there.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -109,20 +109,24 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
     let log = dir.join(LOG_FILE);
     for (n, line) in read_complete_lines(&log)?.into_iter().enumerate() {
         match log_line::parse_line(&line) {
-            Some(m) => out.messages.push(m),
-            None => return Err(corrupt(&log, n + 1, &line)),
+            Ok(m) => out.messages.push(m),
+            Err(why) => return Err(corrupt_because(&log, n + 1, &line, &why.to_string())),
         }
     }
     Ok(out)
 }
 
 fn corrupt(path: &Path, line_no: usize, line: &str) -> ChatError {
+    corrupt_because(path, line_no, line, "not a valid record")
+}
+
+fn corrupt_because(path: &Path, line_no: usize, line: &str, why: &str) -> ChatError {
     ChatError::storage(
         path,
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
-                "line {line_no} is not a valid record ({:?}); the server will not guess. \
+                "line {line_no} ({:?}): {why}; the server will not guess. \
                  Fix or remove that line, or start with another --data-dir",
                 line.chars().take(80).collect::<String>()
             ),
@@ -151,10 +155,28 @@ fn read_complete_lines(path: &Path) -> Result<Vec<String>, ChatError> {
         file.set_len(complete as u64).map_err(err)?;
         file.seek(SeekFrom::End(0)).map_err(err)?;
     }
-    BufReader::new(&bytes[..complete])
-        .lines()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)
+    // Split by hand rather than with `BufRead::lines`, whose UTF-8 error
+    // would not say which line is bad. A `\r` before the newline is dropped,
+    // as `lines` did (the server never writes one: it escapes `\r`).
+    let mut lines = Vec::new();
+    let Some(body) = bytes[..complete].strip_suffix(b"\n") else {
+        return Ok(lines);
+    };
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => lines.push(text.to_owned()),
+            Err(e) => {
+                return Err(corrupt_because(
+                    path,
+                    n + 1,
+                    &String::from_utf8_lossy(line),
+                    &format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+                ));
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// Handle used by the server to queue records for the writer thread.

@@ -113,49 +113,87 @@ fn escape_into(out: &mut String, text: &str) {
 }
 
 /// Reverses [`escape_into`]. Runs between backslashes are copied as slices.
-fn unescape(text: &str) -> Option<String> {
+/// On a malformed escape, the error is its byte offset in `text`.
+fn unescape(text: &str) -> Result<String, usize> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('\\') {
+        let offset = text.len() - rest.len() + at;
         out.push_str(&rest[..at]);
         let mut chars = rest[at + 1..].chars();
-        match chars.next()? {
+        match chars.next().ok_or(offset)? {
             '\\' => out.push('\\'),
             'n' => out.push('\n'),
             'r' => out.push('\r'),
             't' => out.push('\t'),
             'u' => {
-                if chars.next()? != '{' {
-                    return None;
+                if chars.next() != Some('{') {
+                    return Err(offset);
                 }
                 // Up to the closing brace (or the end of the text), which is
                 // consumed with the digits.
                 let tail = chars.as_str();
                 let (hex, after) = tail.split_once('}').unwrap_or((tail, ""));
-                out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+                let code = u32::from_str_radix(hex, 16).map_err(|_| offset)?;
+                out.push(char::from_u32(code).ok_or(offset)?);
                 chars = after.chars();
             }
-            _ => return None,
+            _ => return Err(offset),
         }
         rest = chars.as_str();
     }
     out.push_str(rest);
-    Some(out)
+    Ok(out)
+}
+
+/// Why a line is not a `log.txt` line. Replay names the file and line
+/// number around it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("no {0} (expected `<timestamp> <message id> <from> -> <to>: <text>`)")]
+    Missing(&'static str),
+    #[error("bad timestamp {0:?} (expected RFC 3339, e.g. 2026-11-27T09:36:39.123Z)")]
+    Timestamp(String),
+    #[error("bad message ID {0:?} (expected a UUID)")]
+    MessageId(String),
+    #[error("bad {field} {value:?} (expected 1-32 characters of A-Z, a-z, 0-9, '_' or '-')")]
+    ClientId { field: &'static str, value: String },
+    #[error("bad escape at byte {0} of the text (known: \\\\ \\n \\r \\t \\u{{hex}})")]
+    Escape(usize),
+}
+
+/// At most 64 characters of a bad field, for an error message.
+fn excerpt(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 /// A log line read back, without the per-recipient seq (which is implied by
 /// the line's position among the recipient's lines).
-pub fn parse_line(line: &str) -> Option<Message> {
-    let (ts, rest) = line.split_once(' ')?;
-    let (id, rest) = rest.split_once(' ')?;
-    let (from, rest) = rest.split_once(" -> ")?;
-    let (to, text) = rest.split_once(": ")?;
-    Some(Message {
-        id: MessageId(uuid::Uuid::parse_str(id).ok()?),
-        from: ClientId::parse(from).ok()?,
-        to: ClientId::parse(to).ok()?,
-        text: unescape(text)?,
-        timestamp_ms: parse_timestamp(ts)?,
+pub fn parse_line(line: &str) -> Result<Message, LineError> {
+    let (ts, rest) = line
+        .split_once(' ')
+        .ok_or(LineError::Missing("space after the timestamp"))?;
+    let (id, rest) = rest
+        .split_once(' ')
+        .ok_or(LineError::Missing("space after the message ID"))?;
+    let (from, rest) = rest
+        .split_once(" -> ")
+        .ok_or(LineError::Missing("` -> ` after the sender"))?;
+    let (to, text) = rest
+        .split_once(": ")
+        .ok_or(LineError::Missing("`: ` after the recipient"))?;
+    let client = |field, value: &str| {
+        ClientId::parse(value).map_err(|_| LineError::ClientId {
+            field,
+            value: excerpt(value),
+        })
+    };
+    Ok(Message {
+        timestamp_ms: parse_timestamp(ts).ok_or_else(|| LineError::Timestamp(excerpt(ts)))?,
+        id: MessageId(uuid::Uuid::parse_str(id).map_err(|_| LineError::MessageId(excerpt(id)))?),
+        from: client("sender", from)?,
+        to: client("recipient", to)?,
+        text: unescape(text).map_err(LineError::Escape)?,
         seq: 0,
     })
 }
@@ -278,11 +316,11 @@ mod tests {
         let escaped = escape(text);
         assert_eq!(escaped, escape_reference(text), "{text:?}");
         assert!(!escaped.chars().any(char::is_control), "{escaped:?}");
-        assert_eq!(unescape(&escaped).as_deref(), Some(text), "{escaped:?}");
+        assert_eq!(unescape(&escaped).as_deref(), Ok(text), "{escaped:?}");
         let m = msg(text);
         let mut line = String::new();
         write_line(&mut line, &m);
-        assert_eq!(parse_line(line.trim_end_matches('\n')), Some(m), "{line:?}");
+        assert_eq!(parse_line(line.trim_end_matches('\n')), Ok(m), "{line:?}");
     }
 
     /// A small xorshift generator, so the property tests need no crate and
@@ -401,7 +439,7 @@ mod tests {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..5000 {
             let text = rng.string(&pool, 24);
-            assert_eq!(unescape(&text), unescape_reference(&text), "{text:?}");
+            assert_eq!(unescape(&text).ok(), unescape_reference(&text), "{text:?}");
         }
         for text in [
             "\\",
@@ -414,14 +452,14 @@ mod tests {
             "\\u{+41}",
             "\\u{d800}",
         ] {
-            assert_eq!(unescape(text), unescape_reference(text), "{text:?}");
+            assert_eq!(unescape(text).ok(), unescape_reference(text), "{text:?}");
         }
     }
 
     #[test]
     fn garbage_does_not_parse() {
         for bad in ["", "x", "2026-11-27T09:36:39.123Z nope alice -> bob: hi"] {
-            assert!(parse_line(bad).is_none(), "{bad:?}");
+            assert!(parse_line(bad).is_err(), "{bad:?}");
         }
     }
 }

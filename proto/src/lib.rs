@@ -6,6 +6,8 @@
 
 #![allow(clippy::all, missing_docs, rust_2018_idioms)]
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("chat.v1");
 }

@@ -31,6 +31,7 @@ macro_rules! chat_scenarios {
             history_over_the_reply_limit_is_refused_clearly,
             log_txt_has_one_readable_line_per_message,
             bad_input_is_refused_and_everyone_else_is_served,
+            hostile_texts_are_refused_or_kept_exactly,
             kill9_and_restart_lose_nothing_and_show_nothing_twice,
             sigterm_stops_gracefully_and_state_survives,
             cli_piped_stdin_and_listen,

@@ -297,6 +297,56 @@ pub async fn bad_input_is_refused_and_everyone_else_is_served<S: Stack>() {
     );
 }
 
+/// Hostile but well-formed texts: over the limit in bytes though not in
+/// characters (refused, and the limit is bytes), and control characters,
+/// which are text like any other: delivered exactly as sent and escaped in
+/// `log.txt`, one line per message.
+pub async fn hostile_texts_are_refused_or_kept_exactly<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (_bob, mut bob_in) = env.online("bob").await;
+    let alice = registered(&env, "alice").await;
+    let max = chat_core::limits::DEFAULT_MAX_TEXT_BYTES;
+
+    let wide = "é".repeat(max / 2 + 1);
+    assert!(wide.chars().count() < max);
+    let err = alice
+        .send(&id("bob"), &wide)
+        .await
+        .expect_err("over in bytes");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "{} bytes, over the limit of {max} bytes",
+            wide.len()
+        )),
+        "{err}"
+    );
+
+    let controls = "bell\u{7} nul\u{0} esc\u{1b}[31m cr\r lf\n tab\t del\u{7f} c1\u{85} \
+                    rlo\u{202e} bom\u{feff} back\\slash \\n literal";
+    let at_limit = "é".repeat(max / 2);
+    alice.send(&id("bob"), controls).await.unwrap();
+    alice.send(&id("bob"), &at_limit).await.unwrap();
+    let got = recv_n(&mut bob_in, 2).await;
+    assert_eq!(got[0].text, controls, "delivered exactly as sent");
+    assert_eq!(got[1].text, at_limit);
+
+    let log = env.log_txt();
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per message:\n{log}");
+    assert!(!lines[0].chars().any(char::is_control), "{:?}", lines[0]);
+    assert!(
+        lines[0].ends_with(
+            "bell\\u{7} nul\\u{0} esc\\u{1b}[31m cr\\r lf\\n tab\\t del\\u{7f} c1\\u{85} \
+             rlo\u{202e} bom\u{feff} back\\\\slash \\\\n literal"
+        ),
+        "{:?}",
+        lines[0]
+    );
+    assert_eq!(parse_line(lines[0]).expect("parses back").text, controls);
+    assert_no_more(&mut bob_in, QUIET).await;
+}
+
 pub async fn kill9_and_restart_lose_nothing_and_show_nothing_twice<S: Stack>() {
     let mut env = Env::<S>::start().await;
     let (alice, _alice_in) = env.online("alice").await;

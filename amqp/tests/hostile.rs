@@ -1,0 +1,248 @@
+//! Hostile but well-formed use of the AMQP server: control characters in
+//! IDs, thousands of registrations on one connection, and a slow consumer
+//! (a client that joins and never reads). The server must refuse what is
+//! invalid, stay bounded, and keep serving everyone else. (Hostile texts
+//! are a shared scenario: `hostile_texts_are_refused_or_kept_exactly`.)
+
+mod common;
+mod raw;
+
+use std::time::Duration;
+
+use chat_amqp::topology::{CLIENT_PREFETCH, Names};
+use chat_core::{ChatClient, ChatServer, ErrorCode, ServerConfig};
+use chat_proto::v1 as pb;
+use common::*;
+use raw::{RawPeer, error_of, request, send};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// An AMQP server in this process, with a handle on its chat state.
+struct Server {
+    chat: ChatServer,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), chat_amqp::AmqpError>>>,
+}
+
+impl Server {
+    async fn start(ns: &Namespace, max_pending: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        config.limits.max_pending = max_pending;
+        let chat = ChatServer::open(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_amqp::run(ns.config(), chat.clone(), async {
+            let _ = stopped.await;
+        }));
+        wait_healthy(&ns.config()).await;
+        Self {
+            chat,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Messages the server holds for `id` that the broker has not confirmed.
+    fn held_for(&self, id: &str) -> usize {
+        self.chat
+            .undelivered()
+            .iter()
+            .filter(|m| m.to.as_str() == id)
+            .count()
+    }
+
+    /// Stops the server; it must end cleanly (it did not crash).
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("server stops")
+            .expect("server task did not panic")
+            .expect("server ended without error");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Bob online and Alice sending to him: the whole service still works.
+async fn assert_still_serving(ns: &Namespace, text: &str) {
+    let bob = ns.client("bob").await;
+    let mut bob_in = bob.join().await.unwrap();
+    let alice = ns.registered("alice").await;
+    alice.send(&id("bob"), text).await.unwrap();
+    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, text);
+    bob_in.close().await;
+}
+
+/// Control characters in an ID are refused wherever an ID is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_ids_are_refused() {
+    let ns = Namespace::new();
+    let server = Server::start(&ns, chat_core::limits::DEFAULT_MAX_PENDING).await;
+    ns.registered("bob").await;
+    let mut raw = RawPeer::connect(&ns).await;
+    let bad_ids = [
+        "a\nb",
+        "a\rb",
+        "nul\0",
+        "\u{7}",
+        "tab\t",
+        "esc\u{1b}[0m",
+        "del\u{7f}",
+        "c1\u{85}",
+        "rlo\u{202e}",
+    ];
+    let mut expected = Vec::new();
+    for (i, bad) in bad_ids.iter().enumerate() {
+        let bodies = [
+            pb::request::Body::Register(pb::RegisterRequest {
+                client_id: (*bad).into(),
+            }),
+            pb::request::Body::History(pb::HistoryRequest {
+                client_id: (*bad).into(),
+            }),
+            send(bad, "bob", "hi"),
+            send("bob", bad, "hi"),
+        ];
+        for (j, body) in bodies.into_iter().enumerate() {
+            let correlation = format!("{i}-{j}");
+            raw.publish(&request(body), raw.props(&correlation)).await;
+            expected.push(correlation);
+        }
+    }
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let replies = raw.replies(&expected).await;
+    for correlation in expected {
+        let (code, message) = error_of(&replies[correlation]);
+        assert_eq!(code, ErrorCode::InvalidArgument, "{correlation}: {message}");
+        assert!(message.contains("invalid client ID"), "{message}");
+    }
+    let names = Names::new(&ns.name).unwrap();
+    assert_eq!(
+        raw.depth(&names.dead_queue()).await,
+        0,
+        "well-formed requests are answered, not dead-lettered"
+    );
+    raw.close().await;
+    assert_still_serving(&ns, "ids with controls changed nothing").await;
+    let listed = ns.client("carol").await.list_clients().await.unwrap();
+    assert_eq!(listed.len(), 2, "only bob and alice: {listed:?}");
+    server.stop().await;
+}
+
+/// 3000 registrations published on one connection: all are created (each
+/// with its queue on the broker), `list` shows them all, and normal
+/// clients are still served. Their queues are deleted with the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_registrations_on_one_connection() {
+    const N: usize = 3000;
+    let ns = Namespace::new();
+    let server = Server::start(&ns, chat_core::limits::DEFAULT_MAX_PENDING).await;
+    let mut raw = RawPeer::connect(&ns).await;
+    let ids: Vec<String> = (0..N).map(|i| format!("user-{i:04}")).collect();
+    for user in &ids {
+        ns.track(user);
+        let body = pb::request::Body::Register(pb::RegisterRequest {
+            client_id: user.clone(),
+        });
+        raw.publish(&request(body), raw.props(user)).await;
+    }
+    let expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let replies = raw.replies(&expected).await;
+    for user in &ids {
+        match &replies[user].body {
+            Some(pb::reply::Body::Register(r)) => assert!(r.created && &r.client_id == user),
+            other => panic!("{user}: {other:?}"),
+        }
+    }
+    raw.close().await;
+
+    assert_still_serving(&ns, "one among thousands").await;
+    let listed = ns.client("carol").await.list_clients().await.unwrap();
+    assert_eq!(listed.len(), N + 2);
+    assert!(listed.iter().any(|c| c.id.as_str() == "user-2999"));
+    server.stop().await;
+}
+
+/// A client that joins and never reads while Alice sends it far more than
+/// `--max-pending`. On AMQP the next hop is the recipient's durable queue:
+/// the server hands every message to the broker (it holds none once
+/// confirmed, so nothing is refused), the broker keeps them in the queue,
+/// and the client takes at most its prefetch (256) unacknowledged. Other
+/// clients go on chatting; once the slow one reads it gets every message,
+/// in order, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
+    const MAX_PENDING: usize = 100;
+    const N: usize = 600;
+    let ns = Namespace::new();
+    let server = Server::start(&ns, MAX_PENDING).await;
+    let slow = ns.client("slow").await;
+    let mut slow_in = slow.join().await.unwrap();
+    let alice = ns.registered("alice").await;
+
+    let mut accepted = Vec::new();
+    for i in 0..N {
+        match alice.send(&id("slow"), &format!("s{i}")).await {
+            Ok(a) => accepted.push(a.id),
+            // Only while the broker has not confirmed MAX_PENDING of them.
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}"),
+        }
+    }
+    assert!(
+        accepted.len() > MAX_PENDING,
+        "the server does not keep what the broker has: {} accepted",
+        accepted.len()
+    );
+    eventually_held_nothing(&server, "slow").await;
+    let queue = Names::new(&ns.name).unwrap().client_queue(&id("slow"));
+    let raw = RawPeer::connect(&ns).await;
+    let ready = raw.depth(&queue).await as usize;
+    assert!(
+        ready + usize::from(CLIENT_PREFETCH) >= accepted.len(),
+        "the client took more than its prefetch: {ready} of {} still in {queue}",
+        accepted.len()
+    );
+    raw.close().await;
+
+    // Nobody else is stalled.
+    let carol = ns.client("carol").await;
+    let mut carol_in = carol.join().await.unwrap();
+    let dave = ns.client("dave").await;
+    let mut dave_in = dave.join().await.unwrap();
+    for i in 0..20 {
+        carol.send(&id("dave"), &format!("c{i}")).await.unwrap();
+        dave.send(&id("carol"), &format!("d{i}")).await.unwrap();
+    }
+    assert_eq!(recv_n(&mut dave_in, 20).await.len(), 20);
+    assert_eq!(recv_n(&mut carol_in, 20).await.len(), 20);
+
+    // The slow one reads at last: everything accepted, in order, once.
+    let got = recv_n(&mut slow_in, accepted.len()).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_quiet(&mut slow_in, Duration::from_millis(500)).await;
+    slow_in.close().await;
+    server.stop().await;
+}
+
+async fn eventually_held_nothing(server: &Server, id: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.held_for(id) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server still holds {} for {id}",
+            server.held_for(id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! A raw AMQP peer for tests that publish hand-made requests straight to
+//! `<ns>.server`, as any broker user could, and read the replies.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use chat_amqp::topology::{self, Names};
+use chat_core::ErrorCode;
+use chat_proto::v1 as pb;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use prost::Message as _;
+
+use crate::common::{Namespace, WAIT};
+
+/// A raw AMQP peer: one channel, one exclusive reply queue it consumes.
+pub struct RawPeer {
+    pub conn: Connection,
+    pub ch: Channel,
+    pub reply_queue: String,
+    replies: lapin::Consumer,
+    pub server_queue: String,
+}
+
+impl RawPeer {
+    pub async fn connect(ns: &Namespace) -> Self {
+        let conn = Connection::connect(&ns.url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let reply_queue = q.name().to_string();
+        let replies = ch
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "raw".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            conn,
+            ch,
+            reply_queue,
+            replies,
+            server_queue: Names::new(&ns.name).unwrap().server_queue(),
+        }
+    }
+
+    /// Publishes `body` to `<ns>.server` with `props`.
+    pub async fn publish(&self, body: &[u8], props: BasicProperties) {
+        self.ch
+            .basic_publish(
+                "".into(),
+                self.server_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Request properties with our reply queue and `correlation`.
+    pub fn props(&self, correlation: &str) -> BasicProperties {
+        topology::request_properties(&self.reply_queue, correlation)
+    }
+
+    /// Collects replies until every one of `expected` has come.
+    pub async fn replies(&mut self, expected: &[&str]) -> HashMap<String, pb::Reply> {
+        let mut got = HashMap::new();
+        while !expected.iter().all(|c| got.contains_key(*c)) {
+            let delivery = tokio::time::timeout(WAIT, self.replies.next())
+                .await
+                .unwrap_or_else(|_| panic!("replies so far {got:?}, expected {expected:?}"))
+                .expect("reply consumer ended")
+                .unwrap();
+            let correlation = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            let reply = pb::Reply::decode(delivery.data.as_slice()).expect("a chat.v1.Reply");
+            assert!(
+                got.insert(correlation.clone(), reply).is_none(),
+                "two replies for {correlation}"
+            );
+        }
+        got
+    }
+
+    /// Messages waiting in `queue` (a passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Closes the connection (its reply queue goes with it).
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(WAIT, self.conn.close(200, "done".into())).await;
+    }
+}
+
+pub fn error_of(reply: &pb::Reply) -> (ErrorCode, &str) {
+    match &reply.body {
+        Some(pb::reply::Body::Error(e)) => (
+            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            e.message.as_str(),
+        ),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+pub fn request(body: pb::request::Body) -> Vec<u8> {
+    pb::Request { body: Some(body) }.encode_to_vec()
+}
+
+pub fn send(from: &str, to: &str, text: &str) -> pb::request::Body {
+    pb::request::Body::Send(pb::SendRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        from: from.into(),
+        to: to.into(),
+        text: text.into(),
+    })
+}

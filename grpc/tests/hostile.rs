@@ -1,0 +1,273 @@
+//! Hostile but well-formed use of a gRPC server: control characters in
+//! IDs, thousands of registrations on one connection, and a slow consumer
+//! (a client that joins and never reads). The server must refuse what is
+//! invalid, stay bounded, and keep serving everyone else. (Hostile texts
+//! are a shared scenario: `hostile_texts_are_refused_or_kept_exactly`.)
+
+use std::time::Duration;
+
+use chat_core::{ChatClient, ChatServer, ClientId, ErrorCode, ServerConfig};
+use chat_grpc::{GrpcClient, GrpcConfig};
+use chat_proto::v1 as pb;
+use chat_testkit::PATIENCE;
+use chat_testkit::env::{assert_no_more, eventually, recv_n};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A gRPC server in this process, so the test can look at its state.
+struct Server {
+    url: String,
+    chat: ChatServer,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), chat_grpc::service::ServeError>>>,
+}
+
+impl Server {
+    async fn start(max_pending: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        config.limits.max_pending = max_pending;
+        let chat = ChatServer::open(config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_grpc::run(listener, chat.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            chat,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn client(&self, id: &str) -> GrpcClient {
+        let id = ClientId::parse(id).unwrap();
+        GrpcClient::connect(&GrpcConfig::new(self.url.clone()), id)
+            .await
+            .unwrap()
+    }
+
+    async fn raw(&self) -> pb::chat_client::ChatClient<tonic::transport::Channel> {
+        pb::chat_client::ChatClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Messages the server holds for `id` that have not reached it yet.
+    fn held_for(&self, id: &str) -> usize {
+        self.chat
+            .undelivered()
+            .iter()
+            .filter(|m| m.to.as_str() == id)
+            .count()
+    }
+
+    /// Stops the server; it must end cleanly (it did not crash).
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("server stops")
+            .expect("server task did not panic")
+            .expect("server ended without error");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn id(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+/// Bob online and Alice sending to him: the whole service still works.
+async fn assert_still_serving(server: &Server, text: &str) {
+    let bob = server.client("bob").await;
+    let mut bob_in = bob.join().await.unwrap();
+    let alice = server.client("alice").await;
+    alice.register().await.unwrap();
+    alice.send(&id("bob"), text).await.unwrap();
+    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, text);
+    bob_in.close().await;
+}
+
+/// Control characters in an ID are refused wherever an ID is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_ids_are_refused() {
+    let server = Server::start(chat_core::limits::DEFAULT_MAX_PENDING).await;
+    let mut rpc = server.raw().await;
+    rpc.register(pb::RegisterRequest {
+        client_id: "bob".into(),
+    })
+    .await
+    .unwrap();
+    for bad in [
+        "a\nb",
+        "a\rb",
+        "nul\0",
+        "\u{7}",
+        "tab\t",
+        "esc\u{1b}[0m",
+        "del\u{7f}",
+        "c1\u{85}",
+        "rlo\u{202e}",
+    ] {
+        let check = |s: tonic::Status| {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}: {s:?}");
+            assert!(s.message().contains("invalid client ID"), "{s:?}");
+        };
+        check(
+            rpc.register(pb::RegisterRequest {
+                client_id: bad.into(),
+            })
+            .await
+            .expect_err(bad),
+        );
+        check(
+            rpc.subscribe(pb::SubscribeRequest {
+                client_id: bad.into(),
+                after_seq: 0,
+            })
+            .await
+            .expect_err(bad),
+        );
+        check(
+            rpc.history(pb::HistoryRequest {
+                client_id: bad.into(),
+            })
+            .await
+            .expect_err(bad),
+        );
+        for (from, to) in [(bad, "bob"), ("bob", bad)] {
+            let send = pb::SendRequest {
+                id: String::new(),
+                from: from.into(),
+                to: to.into(),
+                text: "hi".into(),
+            };
+            check(rpc.send(send).await.expect_err(bad));
+        }
+    }
+    let listed = rpc
+        .list_clients(pb::ListClientsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.clients.len(), 1, "only bob: {listed:?}");
+    assert_still_serving(&server, "ids with controls changed nothing").await;
+    server.stop().await;
+}
+
+/// 3000 registrations over one connection, 64 at a time: all are created,
+/// `list` shows them all, and normal clients are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_registrations_on_one_connection() {
+    const N: usize = 3000;
+    let server = Server::start(chat_core::limits::DEFAULT_MAX_PENDING).await;
+    let rpc = server.raw().await;
+    let created: Vec<bool> = futures::stream::iter(0..N)
+        .map(|i| {
+            let mut rpc = rpc.clone();
+            async move {
+                rpc.register(pb::RegisterRequest {
+                    client_id: format!("user-{i:04}"),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .created
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(created.len(), N);
+    assert!(created.iter().all(|&c| c), "every ID was new");
+
+    assert_still_serving(&server, "one among thousands").await;
+    let listed = server.client("alice").await.list_clients().await.unwrap();
+    assert_eq!(listed.len(), N + 2);
+    assert!(listed.iter().any(|c| c.id.as_str() == "user-2999"));
+    server.stop().await;
+}
+
+/// A client that joins and never reads while Alice sends it far more than
+/// `--max-pending`: the server keeps at most `max_pending` messages for it
+/// (the rest are refused with RESOURCE_EXHAUSTED), other clients go on
+/// chatting, and once the slow one reads it gets every accepted message,
+/// in order, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
+    const MAX_PENDING: usize = 100;
+    const N: usize = 250;
+    let server = Server::start(MAX_PENDING).await;
+    let slow = server.client("slow").await;
+    let mut slow_in = slow.join().await.unwrap();
+    let alice = server.client("alice").await;
+    alice.register().await.unwrap();
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..N {
+        match alice.send(&id("slow"), &format!("s{i}")).await {
+            Ok(a) => accepted.push(a.id),
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}");
+                assert!(
+                    e.to_string().contains("\"slow\" has too many undelivered"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(accepted.len(), MAX_PENDING, "the mailbox bound");
+    assert_eq!(refused, N - MAX_PENDING);
+    assert_eq!(server.held_for("slow"), MAX_PENDING);
+
+    // Nobody else is stalled: two other pairs chat while slow's mailbox is full.
+    let carol = server.client("carol").await;
+    let mut carol_in = carol.join().await.unwrap();
+    let dave = server.client("dave").await;
+    let mut dave_in = dave.join().await.unwrap();
+    for i in 0..20 {
+        carol.send(&id("dave"), &format!("c{i}")).await.unwrap();
+        dave.send(&id("carol"), &format!("d{i}")).await.unwrap();
+    }
+    assert_eq!(recv_n(&mut dave_in, 20).await.len(), 20);
+    assert_eq!(recv_n(&mut carol_in, 20).await.len(), 20);
+    alice
+        .send(&id("dave"), "alice is not stalled")
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_n(&mut dave_in, 1).await[0].text,
+        "alice is not stalled"
+    );
+
+    // The slow one reads at last: everything accepted, in order, once.
+    let got = recv_n(&mut slow_in, MAX_PENDING).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
+    assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    assert_no_more(&mut slow_in, Duration::from_millis(500)).await;
+    eventually("slow's acks free its mailbox", || async {
+        server.held_for("slow") == 0
+    })
+    .await;
+    alice.send(&id("slow"), "room again").await.unwrap();
+    assert_eq!(recv_n(&mut slow_in, 1).await[0].text, "room again");
+    slow_in.close().await;
+    server.stop().await;
+}
