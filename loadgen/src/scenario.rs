@@ -158,6 +158,10 @@ pub enum FaultKind {
     /// Cut every client connection (clients go through a TCP proxy inside
     /// loadgen) and refuse new ones for the downtime.
     CutConnections,
+    /// Stop one node of a RabbitMQ cluster (`--node-stop-cmd`) and start it
+    /// again after the downtime (`--node-start-cmd`): the connections to it
+    /// drop, the others stay; with quorum queues nothing is lost.
+    StopNode,
 }
 
 impl FaultKind {
@@ -166,6 +170,7 @@ impl FaultKind {
             Self::KillServer => "kill-server",
             Self::RestartBroker => "restart-broker",
             Self::CutConnections => "cut-connections",
+            Self::StopNode => "stop-node",
         }
     }
 }
@@ -251,8 +256,10 @@ impl Point {
                     f.kind.name()
                 ));
             }
-            if f.kind == FaultKind::RestartBroker && !self.stack.is_amqp() {
-                return Err("restart-broker: the gRPC chat has no broker".into());
+            if matches!(f.kind, FaultKind::RestartBroker | FaultKind::StopNode)
+                && !self.stack.is_amqp()
+            {
+                return Err(format!("{}: the gRPC chat has no broker", f.kind.name()));
             }
         }
         Ok(())
