@@ -583,6 +583,37 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_experiment_expands_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/cluster.toml");
+        let e = Experiment::load(&path).unwrap();
+        for quick in [false, true] {
+            let plans = e.plans(quick, &[], &[]).unwrap();
+            let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "cluster-failover",
+                    "cluster-quorum-3-nodes",
+                    "cluster-classic-1-node"
+                ]
+            );
+            for plan in &plans {
+                for point in plan.ramps.iter().flatten() {
+                    point.validate().unwrap();
+                }
+            }
+            let failover = plans[0].ramps.iter().flatten().next().unwrap();
+            assert_eq!(failover.fault.unwrap().kind, FaultKind::StopNode);
+        }
+        // Same offered loads for both queue types.
+        let rates = |i: usize| -> Vec<Load> {
+            let plans = e.plans(false, &[], &[]).unwrap();
+            plans[i].ramps.iter().flatten().map(|p| p.load).collect()
+        };
+        assert_eq!(rates(1), rates(2));
+    }
+
+    #[test]
     fn bad_sweeps_are_refused_with_the_sweep_name() {
         let e: Experiment = toml::from_str(
             r#"
