@@ -158,7 +158,8 @@ step "failover: $CLIENTS clients, $RATE msg/s, rabbit1 stopped for $DOWNTIME mid
 mkdir -p "$RESULTS"
 "$BIN/loadgen" run --spawn --bin-dir "$BIN" --quiet --results "$RESULTS" \
     --amqp-url "$URLS" --queue-type quorum \
-    --node-stop-cmd "docker stop $NODE1" --node-start-cmd "docker start $NODE1" \
+    --node-stop-cmd "docker stop $NODE1" \
+    --node-start-cmd "docker start $NODE1 && until docker exec $NODE1 rabbitmq-diagnostics -q check_port_connectivity; do sleep 1; done" \
     --stack amqp --clients "$CLIENTS" --rate "$RATE" --duration 30s --warmup 3s --drain 60s \
     --fault stop-node --fault-at 8s --fault-downtime "$DOWNTIME" \
     >"$WORK/loadgen.log" 2>&1 || fail "loadgen failed"
