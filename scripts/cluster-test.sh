@@ -25,6 +25,7 @@
 #   CLUSTER_PROJECT=name       compose project name (default: chatbench-cluster-test-<pid>)
 #   CLUSTER_TIMEOUT=secs       how long to wait for each step (default 240)
 #   CLUSTER_KEEP=1             leave the stack running (no `down -v`)
+#   CLUSTER_NO_BUILD=1         use the chatbench:latest image as it is (no build)
 #   CLUSTER_RESULTS=dir        keep loadgen's results there (default: a temp dir)
 #   LOADGEN_BIN_DIR=dir        loadgen and amqp-server binaries to use
 #   FAILOVER_RATE, FAILOVER_CLIENTS, FAILOVER_DOWNTIME
@@ -110,12 +111,17 @@ running_nodes() {
 
 echo "cluster-test: project $COMPOSE_PROJECT_NAME, compose: ${COMPOSE[*]}"
 
-step "build the chatbench image (${COMPOSE[*]} build amqp-server-cluster)"
-c build amqp-server-cluster >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; fail "build failed"; }
+if [ "${CLUSTER_NO_BUILD:-0}" = 1 ]; then
+    step "CLUSTER_NO_BUILD=1: using chatbench:latest as it is"
+    docker image inspect chatbench:latest >/dev/null 2>&1 || fail "no chatbench:latest image"
+else
+    step "build the chatbench image (${COMPOSE[*]} build amqp-server-cluster)"
+    c build amqp-server-cluster >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; fail "build failed"; }
+fi
 ok "image $(docker image inspect -f '{{.Id}}' chatbench:latest | cut -c1-19)"
 
 step "up -d ${SERVICES[*]}"
-c up -d "${SERVICES[@]}" >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "up failed"; }
+c up -d --no-build "${SERVICES[@]}" >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "up failed"; }
 ok "$(c ps -q | wc -l) containers up"
 
 step "the three nodes form one cluster"
@@ -159,7 +165,7 @@ mkdir -p "$RESULTS"
 "$BIN/loadgen" run --spawn --bin-dir "$BIN" --quiet --results "$RESULTS" \
     --amqp-url "$URLS" --queue-type quorum \
     --node-stop-cmd "docker stop $NODE1" \
-    --node-start-cmd "docker start $NODE1 && until docker exec $NODE1 rabbitmq-diagnostics -q check_port_connectivity; do sleep 1; done" \
+    --node-start-cmd "docker start $NODE1 && for i in \$(seq $TIMEOUT); do docker exec $NODE1 rabbitmq-diagnostics -q check_port_connectivity && break; sleep 1; done" \
     --stack amqp --clients "$CLIENTS" --rate "$RATE" --duration 30s --warmup 3s --drain 60s \
     --fault stop-node --fault-at 8s --fault-downtime "$DOWNTIME" \
     >"$WORK/loadgen.log" 2>&1 || fail "loadgen failed"
