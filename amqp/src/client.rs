@@ -18,8 +18,9 @@
 //! server answers a repeated ID with the same message).
 //!
 //! A *manager* task owns the connection: when it breaks it reports
-//! `Reconnecting`, reconnects with backoff, re-declares, re-consumes the
-//! inbox, re-publishes pending requests and reports `Connected`.
+//! `Reconnecting`, reconnects with backoff (to the next node, given a list
+//! of broker URLs: [`crate::brokers`]), re-declares, re-consumes the inbox,
+//! re-publishes pending requests and reports `Connected`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +47,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::AmqpConfig;
+use crate::brokers::{Brokers, Connected};
 use crate::error::{AmqpError, rejected};
-use crate::server::{close_connection, connection_properties, redact};
+use crate::server::{close_connection, redact};
 use crate::topology::{self, Names};
 
 /// How long one broker connection attempt may take.
@@ -76,6 +78,8 @@ struct Life {
 
 struct Shared {
     config: AmqpConfig,
+    /// The broker URL(s) of `config`, and which node to try first.
+    brokers: Brokers,
     names: Names,
     id: ClientId,
     /// The current connection; `None` while reconnecting.
@@ -114,6 +118,8 @@ struct Link {
     publish: Channel,
     reply_queue: ShortString,
     generation: u64,
+    /// Which URL of [`Shared::brokers`] this connection went to.
+    node: usize,
     /// Set when anything on this connection fails.
     broken: watch::Sender<Option<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -179,12 +185,8 @@ impl Shared {
     /// (so requests wait even if no server ever ran) and the reply queue.
     async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, AmqpError> {
         let name = format!("amqp-client {}/{}", self.names.namespace(), self.id);
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(&self.config.url, connection_properties(&name)),
-        )
-        .await
-        .map_err(|_| AmqpError::Unhealthy(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
+        let Connected { conn, index, url } = self.brokers.connect(&name, CONNECT_TIMEOUT).await?;
+        tracing::debug!(broker = %url, "connected");
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -219,6 +221,7 @@ impl Shared {
             publish,
             reply_queue: queue.name().clone(),
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed) + 1,
+            node: index,
             broken: watch::channel(None).0,
             tasks: Mutex::new(Vec::new()),
         });
@@ -441,6 +444,7 @@ impl Shared {
             };
             // Info, not warn: the CLI shows the Reconnecting state itself.
             tracing::info!("lost the broker connection: {reason}; reconnecting");
+            self.brokers.lost(link.node);
             self.link.send_replace(None);
             link.close().await;
             let joined = self.joined();
@@ -460,7 +464,7 @@ impl Shared {
                     Ok(l) => break l,
                     Err(e) => tracing::info!(
                         "cannot reach the broker at {}: {e}; retrying",
-                        redact(&self.config.url)
+                        self.brokers.redacted()
                     ),
                 }
             };
@@ -521,10 +525,12 @@ impl ChatClient for AmqpClient {
     type Config = AmqpConfig;
 
     async fn connect(config: &AmqpConfig, id: ClientId) -> Result<Self, ClientError> {
-        let names =
-            Names::new(&config.namespace).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let names = config
+            .names()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
+            brokers: Brokers::new(&config.url),
             names,
             id,
             link: watch::channel(None).0,

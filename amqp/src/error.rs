@@ -30,6 +30,19 @@ pub enum AmqpError {
         url: String,
         after: std::time::Duration,
     },
+    /// A queue exists with other arguments than this process declares it
+    /// with: in practice, declared as another `x-queue-type`.
+    #[error(
+        "queue {queue} exists on the broker with other arguments than a {queue_type} queue ({detail}): every server and client of a namespace must use the same --queue-type (CHAT_AMQP_QUEUE_TYPE); to change it, delete the namespace's queues first"
+    )]
+    QueueTypeMismatch {
+        queue: String,
+        queue_type: crate::topology::QueueType,
+        detail: String,
+    },
+    /// None of several broker URLs answered; says why for each.
+    #[error("no broker of the list answered: {0}")]
+    NoBroker(String),
     /// The broker answered, but the chat server is not there.
     #[error("{0}")]
     Unhealthy(String),

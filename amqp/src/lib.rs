@@ -9,8 +9,11 @@
 //! Reliability follows what RabbitMQ documents for no loss: durable queues,
 //! persistent messages, publisher confirms, manual acks after the work is
 //! done, and a prefetch limit. The broker may restart and either side may be
-//! killed; both reconnect by themselves.
+//! killed; both reconnect by themselves. Given several broker URLs (the
+//! nodes of a cluster, [`brokers`]), they reconnect to the next node, and
+//! with `--queue-type quorum` the queues survive losing a node.
 
+pub mod brokers;
 pub mod client;
 pub mod deadline;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod topology;
 pub use client::AmqpClient;
 pub use error::AmqpError;
 pub use server::{health, run};
+pub use topology::QueueType;
 
 use std::time::Duration;
 
@@ -38,13 +42,17 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the broker is and which set of names to use on it.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:port/vhost` (vhost URL-encoded: `%2f` is `/`).
+    /// `amqp://user:pass@host:port/vhost` (vhost URL-encoded: `%2f` is `/`),
+    /// or a comma-separated list of such URLs: the nodes of one cluster,
+    /// tried in turn ([`brokers::Brokers`]).
     pub url: String,
     /// Prefix of every exchange and queue name, so several independent chats
     /// (or parallel tests) can share one broker.
     pub namespace: String,
     /// How long a client request waits for its reply.
     pub request_timeout: Duration,
+    /// Type of the durable queues; everyone on a namespace must agree.
+    pub queue_type: QueueType,
 }
 
 impl AmqpConfig {
@@ -53,7 +61,19 @@ impl AmqpConfig {
             url: url.into(),
             namespace: namespace.into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            queue_type: QueueType::Classic,
         }
+    }
+
+    /// The same configuration with durable queues of type `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The namespace's names, with this configuration's queue type.
+    pub fn names(&self) -> Result<topology::Names, AmqpError> {
+        Ok(topology::Names::new(&self.namespace)?.with_queue_type(self.queue_type))
     }
 }
 
@@ -66,7 +86,9 @@ impl Default for AmqpConfig {
 /// The broker flags every AMQP binary takes.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AmqpArgs {
-    /// Broker URL (vhost URL-encoded: %2f is "/").
+    /// Broker URL (vhost URL-encoded: %2f is "/"), or a comma-separated
+    /// list of the nodes of one cluster: the first that answers is used, and
+    /// after losing it the next one.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true)]
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; chats with different
@@ -74,10 +96,15 @@ pub struct AmqpArgs {
     /// server must agree on it).
     #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = DEFAULT_NAMESPACE, global = true)]
     pub namespace: String,
+    /// Type of the chat's durable queues: classic (one broker) or quorum
+    /// (replicated over a cluster). Server and clients must agree on it.
+    #[arg(long, env = "CHAT_AMQP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic, global = true)]
+    pub queue_type: QueueType,
 }
 
 impl AmqpArgs {
     pub fn config(&self) -> AmqpConfig {
         AmqpConfig::new(self.amqp_url.clone(), self.namespace.clone())
+            .with_queue_type(self.queue_type)
     }
 }

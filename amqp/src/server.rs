@@ -62,6 +62,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::AmqpConfig;
+use crate::brokers::{Brokers, Connected};
 use crate::deadline::{bounded, op_timeout};
 use crate::error::{AmqpError, error_reply};
 use crate::request;
@@ -96,24 +97,25 @@ pub async fn run(
     server: ChatServer,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AmqpError> {
-    let names = Names::new(&config.namespace)?;
-    let url = redact(&config.url);
+    let names = config.names()?;
+    let brokers = Brokers::new(&config.url);
     let mut shutdown = pin!(shutdown.fuse());
     let mut backoff = Backoff::new();
     let mut served = false;
     let started = tokio::time::Instant::now();
     loop {
-        let attempt = connect(&config.url, &url, &names);
+        let attempt = connect(&brokers, &names);
         let conn = tokio::select! {
             () = &mut shutdown => break,
             r = attempt => r,
         };
-        let conn = match conn {
-            Ok(conn) => conn,
+        let Connected { conn, index, url } = match conn {
+            Ok(connected) => connected,
             Err(why) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(
-                    "waiting for the broker at {url}: {why}; retrying in {:.1}s",
+                    "waiting for the broker at {}: {why}; retrying in {:.1}s",
+                    brokers.redacted(),
                     delay.as_secs_f64()
                 );
                 tokio::select! {
@@ -122,12 +124,16 @@ pub async fn run(
                 }
             }
         };
-        tracing::info!(broker = %url, namespace = names.namespace(), "connected to the broker");
+        tracing::info!(broker = %url, namespace = names.namespace(), queue_type = %names.queue_type(), "connected to the broker");
         let outcome = serve(&conn, &server, &names, &url, &mut shutdown).await;
+        if matches!(outcome, Outcome::Lost(_) | Outcome::SetupFailed(_)) {
+            // The next attempt starts with the next node of the list.
+            brokers.lost(index);
+        }
         let delay = match outcome {
             Outcome::Shutdown => break,
             Outcome::Lost(reason) => {
-                tracing::warn!("lost the broker connection: {reason}; reconnecting");
+                tracing::warn!("lost the broker connection ({url}): {reason}; reconnecting");
                 served = true;
                 backoff.reset();
                 backoff.next_delay()
@@ -168,15 +174,18 @@ pub async fn run(
 /// A healthcheck: the broker answers and some server consumes `<ns>.server`.
 /// Returns the one line to print.
 pub async fn health(config: &AmqpConfig) -> Result<String, AmqpError> {
-    let names = Names::new(&config.namespace)?;
-    let conn = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(&config.url, connection_properties("amqp-server health")),
-    )
-    .await
-    .map_err(|_| {
-        AmqpError::Unhealthy(format!("broker at {} did not answer", redact(&config.url)))
-    })??;
+    let names = config.names()?;
+    let brokers = Brokers::new(&config.url);
+    let conn = brokers
+        .connect("amqp-server health", CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            AmqpError::Timeout { url, .. } => {
+                AmqpError::Unhealthy(format!("broker at {url} did not answer"))
+            }
+            other => other,
+        })?
+        .conn;
     let ch = conn.create_channel().await?;
     let result = match topology::inspect_server_queue(&ch, &names).await {
         Ok(q) if q.consumer_count() > 0 => Ok(format!(
@@ -211,8 +220,12 @@ pub(crate) fn connection_properties(name: &str) -> ConnectionProperties {
     ConnectionProperties::default().with_connection_name(name.into())
 }
 
-/// The URL without its password, for logs and error messages.
+/// The URL without its password, for logs and error messages (each URL of
+/// a comma-separated list).
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -344,17 +357,13 @@ impl Request {
     }
 }
 
-/// Opens a connection to the broker, within [`CONNECT_TIMEOUT`].
-async fn connect(url: &str, redacted: &str, names: &Names) -> Result<Connection, AmqpError> {
-    let props = connection_properties(&format!("amqp-server {}", names.namespace()));
-    let bound = CONNECT_TIMEOUT.min(op_timeout());
-    bounded(
-        "connecting (AMQP handshake)",
-        redacted,
-        bound,
-        Connection::connect(url, props),
-    )
-    .await
+/// Opens a connection to a broker of the list, each attempt within
+/// [`CONNECT_TIMEOUT`].
+async fn connect(brokers: &Brokers, names: &Names) -> Result<Connected, AmqpError> {
+    let name = format!("amqp-server {}", names.namespace());
+    brokers
+        .connect(&name, CONNECT_TIMEOUT.min(op_timeout()))
+        .await
 }
 
 /// What a generation works with, once set up.
@@ -777,5 +786,9 @@ mod tests {
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(
+            redact("amqp://a:x@h1/%2f,amqp://b:y@h2/%2f"),
+            "amqp://a:***@h1/%2f,amqp://b:***@h2/%2f"
+        );
     }
 }

@@ -22,7 +22,18 @@
 //!   is gone, and the `correlation_id` matches a reply to its request.
 //! * Every declaration is made with exactly the arguments below by every
 //!   party that makes it (server, Rust client), because RabbitMQ refuses a
-//!   redeclaration with different arguments.
+//!   redeclaration with different arguments. That includes the queue type
+//!   ([`QueueType`], `--queue-type`): it is part of [`Names`], so every
+//!   declaration of one process uses the same, and a process started with
+//!   another type than the queues have gets [`AmqpError::QueueTypeMismatch`].
+//! * Quorum queues (replicated with Raft over the nodes of a cluster) hold
+//!   the durable state: `<ns>.server`, `<ns>.client.<id>` and `<ns>.dead`.
+//!   What they lack in RabbitMQ 3.10 does not matter here: the chat uses no
+//!   message priorities, no TTL, no global QoS, and `<ns>.dead`'s length
+//!   limit uses the default `drop-head` overflow, the one quorum queues
+//!   implement. Exclusive *consumers* work on them; exclusive *queues* do
+//!   not exist, which is why the per-connection reply queue stays classic
+//!   whatever the type (it dies with its connection anyway).
 
 use chat_core::ClientId;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -30,6 +41,45 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, ExchangeKind, Queue};
 
 use crate::error::AmqpError;
+
+/// The type of the chat's durable queues (`x-queue-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// One copy, on the node that declared it (a single broker).
+    #[default]
+    Classic,
+    /// Replicated on (up to) three nodes with Raft; survives losing a
+    /// minority of them. For a cluster.
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            other => Err(format!(
+                "unknown queue type {other:?} (use classic or quorum)"
+            )),
+        }
+    }
+}
 
 /// `content_type` of every chat message body: protobuf of chat.proto.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -55,10 +105,12 @@ pub const CLIENT_PREFETCH: u16 = 256;
 /// dropped, so a flood of garbage cannot fill the broker's disk.
 pub const DEAD_LETTER_MAX: i64 = 10_000;
 
-/// The names derived from one namespace.
+/// The names derived from one namespace, and the type of its queues.
 #[derive(Clone, Debug)]
 pub struct Names {
     ns: String,
+    /// Declared on every durable queue of the namespace.
+    queue_type: QueueType,
 }
 
 impl Names {
@@ -71,6 +123,7 @@ impl Names {
         if ok {
             Ok(Self {
                 ns: namespace.to_owned(),
+                queue_type: QueueType::Classic,
             })
         } else {
             Err(AmqpError::InvalidNamespace(
@@ -79,8 +132,18 @@ impl Names {
         }
     }
 
+    /// The same names, with durable queues of type `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
     pub fn namespace(&self) -> &str {
         &self.ns
+    }
+
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// Direct exchange that routes a message to its recipient's queue.
@@ -112,8 +175,57 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-fn server_queue_args(names: &Names) -> FieldTable {
+/// The arguments every durable queue of `names` starts from: none for a
+/// classic queue (as before queue types were configurable, so that queues
+/// declared by older versions stay equivalent), `x-queue-type` otherwise.
+fn base_args(names: &Names) -> FieldTable {
     let mut args = FieldTable::default();
+    if names.queue_type != QueueType::Classic {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(names.queue_type.as_str())),
+        );
+    }
+    args
+}
+
+/// Declares the durable queue `queue` with `args`; a refusal because the
+/// queue exists with other arguments says which flag to align.
+async fn declare_durable(
+    ch: &Channel,
+    names: &Names,
+    queue: &str,
+    args: FieldTable,
+) -> Result<Queue, AmqpError> {
+    ch.queue_declare(queue.into(), durable(), args)
+        .await
+        .map_err(|e| mismatch(e, names, queue))
+}
+
+/// PRECONDITION_FAILED on a declare: the queue exists with other arguments
+/// (in practice another `x-queue-type`).
+fn mismatch(e: lapin::Error, names: &Names, queue: &str) -> AmqpError {
+    use lapin::ErrorKind;
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) =>
+        {
+            AmqpError::QueueTypeMismatch {
+                queue: queue.to_owned(),
+                queue_type: names.queue_type,
+                detail: amqp.get_message().to_string(),
+            }
+        }
+        _ => AmqpError::Broker(e),
+    }
+}
+
+fn server_queue_args(names: &Names) -> FieldTable {
+    let mut args = base_args(names);
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(LongString::from("")),
@@ -128,13 +240,7 @@ fn server_queue_args(names: &Names) -> FieldTable {
 /// Declares the server's request queue (clients do it too, so that a
 /// request sent before any server ever ran waits instead of being dropped).
 pub async fn declare_server_queue(ch: &Channel, names: &Names) -> Result<Queue, AmqpError> {
-    Ok(ch
-        .queue_declare(
-            names.server_queue().into(),
-            durable(),
-            server_queue_args(names),
-        )
-        .await?)
+    declare_durable(ch, names, &names.server_queue(), server_queue_args(names)).await
 }
 
 /// Checks the server's request queue without creating it (health checks).
@@ -155,13 +261,12 @@ pub async fn inspect_server_queue(ch: &Channel, names: &Names) -> Result<Queue, 
 /// the request queue and the dead-letter queue.
 pub async fn declare_server_side(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
     declare_deliver_exchange(ch, names).await?;
-    let mut dead_args = FieldTable::default();
+    let mut dead_args = base_args(names);
     dead_args.insert(
         "x-max-length".into(),
         AMQPValue::LongLongInt(DEAD_LETTER_MAX),
     );
-    ch.queue_declare(names.dead_queue().into(), durable(), dead_args)
-        .await?;
+    declare_durable(ch, names, &names.dead_queue(), dead_args).await?;
     declare_server_queue(ch, names).await?;
     Ok(())
 }
@@ -190,9 +295,7 @@ pub async fn declare_client_queue(
     id: &ClientId,
 ) -> Result<Queue, AmqpError> {
     let queue = names.client_queue(id);
-    let q = ch
-        .queue_declare(queue.as_str().into(), durable(), FieldTable::default())
-        .await?;
+    let q = declare_durable(ch, names, &queue, base_args(names)).await?;
     ch.queue_bind(
         queue.into(),
         names.deliver_exchange().into(),
@@ -204,7 +307,7 @@ pub async fn declare_client_queue(
     Ok(q)
 }
 
-/// Deletes from the broker at `url` what a chat left under `names`: the
+/// Deletes from the broker at `url` (one URL or a list) what a chat left under `names`: the
 /// queues of `clients` and, with `server_side`, the request and dead-letter
 /// queues and the delivery exchange. For runs that must leave nothing
 /// behind (tests, benchmarks, loadgen); a queue that is not there is fine.
@@ -215,11 +318,13 @@ pub async fn delete(
     server_side: bool,
 ) -> Result<(), AmqpError> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let conn = lapin::Connection::connect(
-        url,
-        crate::server::connection_properties(&format!("cleanup {}", names.namespace())),
-    )
-    .await?;
+    let conn = crate::brokers::Brokers::new(url)
+        .connect(
+            &format!("cleanup {}", names.namespace()),
+            crate::deadline::op_timeout(),
+        )
+        .await?
+        .conn;
     let ch = conn.create_channel().await?;
     let mut queues: Vec<String> = clients
         .iter()
@@ -289,6 +394,33 @@ mod tests {
         assert_eq!(n.deliver_exchange(), "t-1.x.deliver");
         assert_eq!(n.client_queue(&id), "t-1.x.client.alice");
         assert_eq!(n.dead_queue(), "t-1.x.dead");
+    }
+
+    #[test]
+    fn classic_queues_keep_the_arguments_they_always_had() {
+        let n = Names::new("t").unwrap();
+        assert_eq!(base_args(&n), FieldTable::default());
+        let args = server_queue_args(&n);
+        assert!(!args.inner().contains_key("x-queue-type"));
+        assert!(args.inner().contains_key("x-dead-letter-exchange"));
+    }
+
+    #[test]
+    fn quorum_queues_say_so_on_every_durable_queue() {
+        let n = Names::new("t").unwrap().with_queue_type(QueueType::Quorum);
+        let quorum = Some(&AMQPValue::LongString(LongString::from("quorum")));
+        assert_eq!(base_args(&n).inner().get("x-queue-type"), quorum);
+        let server = server_queue_args(&n);
+        assert_eq!(server.inner().get("x-queue-type"), quorum);
+        assert!(server.inner().contains_key("x-dead-letter-routing-key"));
+    }
+
+    #[test]
+    fn queue_types_parse_from_their_names() {
+        for t in [QueueType::Classic, QueueType::Quorum] {
+            assert_eq!(t.as_str().parse::<QueueType>(), Ok(t));
+        }
+        assert!("stream".parse::<QueueType>().is_err());
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub fn git_revision() -> String {
 /// server properties), read by opening the protocol and closing at once.
 /// lapin does not expose the server properties, hence this small reader.
 pub async fn rabbitmq_version(amqp_url: &str) -> Option<String> {
-    let rest = amqp_url.split_once("://")?.1;
+    // The first node of a list speaks for the cluster.
+    let first = amqp_url.split(',').next()?.trim();
+    let rest = first.split_once("://")?.1;
     let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let hostport = hostport.split('/').next()?;
     let addr = if hostport.contains(':') {

@@ -256,8 +256,10 @@ impl Runner {
                 }
             }
         };
-        let (outcome, injected) =
-            tokio::join!(drive, inject(point, server, proxy.as_ref(), phase_rx));
+        let (outcome, injected) = tokio::join!(
+            drive,
+            inject(point, server, &self.target, proxy.as_ref(), phase_rx)
+        );
         ticker.abort();
         bar.finish_and_clear();
         self.bars.remove(&bar);
@@ -443,6 +445,7 @@ fn through(endpoint: &Endpoint, proxy: std::net::SocketAddr) -> Endpoint {
 async fn inject(
     point: &Point,
     server: &Server,
+    target: &TargetArgs,
     proxy: Option<&Proxy>,
     mut phase: tokio::sync::watch::Receiver<Phase>,
 ) -> anyhow::Result<Option<tokio::time::Instant>> {
@@ -482,8 +485,37 @@ async fn inject(
             rabbitmqctl("start_app").await?;
             struck
         }
+        FaultKind::StopNode => {
+            let (Some(stop), Some(start)) = (&target.node_stop_cmd, &target.node_start_cmd) else {
+                anyhow::bail!(
+                    "stop-node needs --node-stop-cmd and --node-start-cmd (LOADGEN_NODE_STOP_CMD / LOADGEN_NODE_START_CMD)"
+                );
+            };
+            shell(stop).await?;
+            let struck = tokio::time::Instant::now();
+            tokio::time::sleep(fault.downtime).await;
+            shell(start).await?;
+            struck
+        }
     };
     Ok(Some(struck))
+}
+
+/// Runs an operator-given command (`sh -c`) and fails with its stderr.
+async fn shell(command: &str) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {command:?}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{command:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 async fn rabbitmqctl(action: &str) -> anyhow::Result<()> {

@@ -162,6 +162,10 @@ pub enum FaultKind {
     /// all bytes without closing anything), as the server sees a client
     /// process stopped with SIGSTOP and resumed with SIGCONT.
     FreezeClients,
+    /// Stop one node of a RabbitMQ cluster (`--node-stop-cmd`) and start it
+    /// again after the downtime (`--node-start-cmd`): the connections to it
+    /// drop, the others stay; with quorum queues nothing is lost.
+    StopNode,
 }
 
 impl FaultKind {
@@ -171,6 +175,7 @@ impl FaultKind {
             Self::RestartBroker => "restart-broker",
             Self::CutConnections => "cut-connections",
             Self::FreezeClients => "freeze-clients",
+            Self::StopNode => "stop-node",
         }
     }
 }
@@ -256,8 +261,10 @@ impl Point {
                     f.kind.name()
                 ));
             }
-            if f.kind == FaultKind::RestartBroker && !self.stack.is_amqp() {
-                return Err("restart-broker: the gRPC chat has no broker".into());
+            if matches!(f.kind, FaultKind::RestartBroker | FaultKind::StopNode)
+                && !self.stack.is_amqp()
+            {
+                return Err(format!("{}: the gRPC chat has no broker", f.kind.name()));
             }
         }
         Ok(())
@@ -578,6 +585,37 @@ mod tests {
         let amqp = e.plans(false, &[], &[StackKind::AmqpBare]).unwrap();
         assert_eq!(amqp[0].points(), 6);
         assert!(e.plans(false, &["nope".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn the_cluster_experiment_expands_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/cluster.toml");
+        let e = Experiment::load(&path).unwrap();
+        for quick in [false, true] {
+            let plans = e.plans(quick, &[], &[]).unwrap();
+            let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "cluster-failover",
+                    "cluster-quorum-3-nodes",
+                    "cluster-classic-1-node"
+                ]
+            );
+            for plan in &plans {
+                for point in plan.ramps.iter().flatten() {
+                    point.validate().unwrap();
+                }
+            }
+            let failover = plans[0].ramps.iter().flatten().next().unwrap();
+            assert_eq!(failover.fault.unwrap().kind, FaultKind::StopNode);
+        }
+        // Same offered loads for both queue types.
+        let rates = |i: usize| -> Vec<Load> {
+            let plans = e.plans(false, &[], &[]).unwrap();
+            plans[i].ramps.iter().flatten().map(|p| p.load).collect()
+        };
+        assert_eq!(rates(1), rates(2));
     }
 
     #[test]

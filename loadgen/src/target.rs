@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chat_amqp::AmqpConfig;
-use chat_amqp::topology::Names;
+use chat_amqp::{AmqpConfig, QueueType};
 use chat_grpc::GrpcConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -36,9 +35,21 @@ pub struct TargetArgs {
     /// The running gRPC chat server (without --spawn).
     #[arg(long, env = "LOADGEN_GRPC_URL", default_value = chat_grpc::DEFAULT_SERVER_URL)]
     pub grpc_url: String,
-    /// The broker, for the AMQP chat and the amqp-bare ceiling.
+    /// The broker, for the AMQP chat and the amqp-bare ceiling: one URL, or
+    /// a comma-separated list of the nodes of one cluster.
     #[arg(long, env = "AMQP_URL", default_value = chat_amqp::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
+    /// Type of the AMQP chat's durable queues (classic, or quorum on a
+    /// cluster); passed to spawned servers and used by every client.
+    #[arg(long, env = "CHAT_AMQP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+    /// Shell command that stops one broker node, for the `stop-node` fault
+    /// (e.g. `docker stop chatbench-cluster_rabbit2_1`).
+    #[arg(long, env = "LOADGEN_NODE_STOP_CMD")]
+    pub node_stop_cmd: Option<String>,
+    /// Shell command that starts that node again after the downtime.
+    #[arg(long, env = "LOADGEN_NODE_START_CMD")]
+    pub node_start_cmd: Option<String>,
     /// Namespace of the running AMQP chat server (without --spawn).
     #[arg(long, env = "CHAT_AMQP_NAMESPACE", default_value = chat_amqp::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -48,6 +59,20 @@ pub struct TargetArgs {
     /// Durability of spawned chat servers (`os` or `fsync`).
     #[arg(long, env = "LOADGEN_DURABILITY", default_value = "os")]
     pub durability: String,
+}
+
+impl TargetArgs {
+    /// How clients reach the AMQP chat of namespace `ns`.
+    pub fn amqp_config(&self, ns: String) -> AmqpConfig {
+        AmqpConfig::new(self.amqp_url.clone(), ns).with_queue_type(self.queue_type)
+    }
+
+    /// The broker side of a row's `server_settings`: the queue type and how
+    /// many broker URLs (cluster nodes) the chat was given.
+    pub fn amqp_settings(&self) -> String {
+        let nodes = chat_amqp::brokers::Brokers::new(&self.amqp_url).len();
+        format!("queue_type={} brokers={nodes}", self.queue_type)
+    }
 }
 
 /// How clients reach one system.
@@ -154,12 +179,14 @@ impl Server {
                         &args.amqp_url,
                         "--namespace",
                         &ns,
+                        "--queue-type",
+                        args.queue_type.as_str(),
                     ],
                     None,
                 )
                 .await?;
                 s.wait_for_line("relay serving").await?;
-                s.endpoint = Endpoint::Amqp(AmqpConfig::new(args.amqp_url.clone(), ns));
+                s.endpoint = Endpoint::Amqp(args.amqp_config(ns));
                 s.own_namespace = true;
                 Ok(s)
             }
@@ -200,13 +227,15 @@ impl Server {
                     &args.amqp_url,
                     "--namespace",
                     &ns,
+                    "--queue-type",
+                    args.queue_type.as_str(),
                     "--max-text-bytes",
                     &max,
                     "--durability",
                     &args.durability,
                 ];
                 let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
-                let config = AmqpConfig::new(args.amqp_url.clone(), ns);
+                let config = args.amqp_config(ns);
                 let c = config.clone();
                 s.wait_ready(|| async {
                     chat_amqp::health(&c)
@@ -217,7 +246,11 @@ impl Server {
                 .await?;
                 s.endpoint = Endpoint::Amqp(config);
                 s.own_namespace = true;
-                s.settings = format!("durability={} max_text_bytes={max}", args.durability);
+                s.settings = format!(
+                    "durability={} max_text_bytes={max} {}",
+                    args.durability,
+                    args.amqp_settings()
+                );
                 Ok(s)
             }
             StackKind::Grpc => {
@@ -232,7 +265,7 @@ impl Server {
                 ))
             }
             StackKind::Amqp => {
-                let config = AmqpConfig::new(args.amqp_url.clone(), args.namespace.clone());
+                let config = args.amqp_config(args.namespace.clone());
                 chat_amqp::health(&config).await.map_err(|e| {
                     anyhow::anyhow!(
                         "{e} (start amqp-server for namespace {:?}, or pass --spawn)",
@@ -473,7 +506,7 @@ async fn delete_queues(
     client_ids: &[String],
     whole_namespace: bool,
 ) -> anyhow::Result<()> {
-    let names = Names::new(&config.namespace)?;
+    let names = config.names()?;
     chat_amqp::topology::delete(&config.url, &names, client_ids, whole_namespace).await?;
     Ok(())
 }

@@ -27,6 +27,9 @@ fn target() -> TargetArgs {
         namespace: String::new(),
         bin_dir: exe.parent().map(PathBuf::from),
         durability: "os".into(),
+        queue_type: chat_amqp::QueueType::Classic,
+        node_stop_cmd: None,
+        node_start_cmd: None,
     }
 }
 
@@ -270,5 +273,45 @@ async fn frozen_clients_lose_nothing_on_either_chat() {
             "spike {felt} µs for a {downtime:?} freeze: {row:?}"
         );
     }
+    chats.stop().await;
+}
+
+/// `stop-node` runs the operator's commands, stop then start after the
+/// downtime, and records the fault like the others. (What stopping a real
+/// node does is `scripts/cluster-test.sh`'s business: it needs a cluster.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_node_runs_the_given_commands_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("node.log");
+    let mut args = target();
+    args.node_stop_cmd = Some(format!("echo stop >> '{}'", log.display()));
+    args.node_start_cmd = Some(format!("echo start >> '{}'", log.display()));
+    let mut runner = Runner::new(args, Results::new(dir.path().join("r")), true, None).await;
+    let chats = Chats::start().await;
+    let server = Server::at(StackKind::Amqp, chats.amqp(), true);
+    let mut p = point(StackKind::Amqp, Load::Rate(200.0), Pattern::Pairs);
+    p.duration = Duration::from_secs(2);
+    p.fault = Some(Fault {
+        kind: FaultKind::StopNode,
+        at: Duration::from_millis(500),
+        downtime: Duration::from_millis(300),
+    });
+    let mut ids = Vec::new();
+    let row = runner.run_point(&p, &server, &mut ids).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\nstart\n");
+    assert_eq!(row.fault, "stop-node");
+    assert_eq!(row.fault_downtime_s, Some(0.3));
+    assert_eq!(row.lost, 0, "{row:?}");
+    assert_eq!(row.duplicates, 0, "{row:?}");
+
+    // Without the commands the run fails, saying which flags are missing.
+    let mut bare = Runner::new(target(), Results::new(dir.path().join("r2")), true, None).await;
+    let e = bare
+        .run_point(&p, &server, &mut ids)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--node-stop-cmd"), "{e}");
+    server.stop(&ids).await;
     chats.stop().await;
 }

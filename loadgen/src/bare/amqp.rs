@@ -24,12 +24,12 @@ use chat_core::{ClientId, MessageId};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt};
 use lapin::Acker;
+use lapin::Channel;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
@@ -47,12 +47,11 @@ struct Job {
 /// Serves until `shutdown` or the first broker error (a ceiling does not
 /// ride out failures; the run is simply invalid then).
 pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let names = Names::new(&config.namespace)?;
-    let conn = Connection::connect(
-        &config.url,
-        ConnectionProperties::default().with_connection_name("loadgen amqp-bare relay".into()),
-    )
-    .await?;
+    let names = config.names()?;
+    let conn = chat_amqp::brokers::Brokers::new(&config.url)
+        .connect("loadgen amqp-bare relay", chat_amqp::deadline::op_timeout())
+        .await?
+        .conn;
     let admin = conn.create_channel().await?;
     topology::declare_server_side(&admin, &names).await?;
     let publish = conn.create_channel().await?;

@@ -66,6 +66,8 @@ enum BareKind {
         amqp_url: String,
         #[arg(long)]
         namespace: String,
+        #[arg(long, value_enum, default_value_t = chat_amqp::QueueType::Classic)]
+        queue_type: chat_amqp::QueueType,
     },
 }
 
@@ -129,7 +131,8 @@ struct PointArgs {
     seed: u64,
     /// Inject a fault: kill-server (needs --spawn), restart-broker (the
     /// local RabbitMQ), cut-connections (through a proxy inside loadgen),
-    /// freeze-clients (the proxy holds every byte, as for SIGSTOPped clients).
+    /// freeze-clients (the proxy holds every byte, as for SIGSTOPped clients),
+    /// stop-node (one cluster node, with --node-stop-cmd/--node-start-cmd).
     #[arg(long, value_enum)]
     fault: Option<FaultKind>,
     /// When the fault strikes, from the start of the measured window
@@ -291,9 +294,11 @@ async fn bare(kind: BareKind) -> anyhow::Result<()> {
         BareKind::Amqp {
             amqp_url,
             namespace,
+            queue_type,
         } => {
-            loadgen::bare::amqp::run(chat_amqp::AmqpConfig::new(amqp_url, namespace), shutdown)
-                .await?;
+            let config =
+                chat_amqp::AmqpConfig::new(amqp_url, namespace).with_queue_type(queue_type);
+            loadgen::bare::amqp::run(config, shutdown).await?;
         }
     }
     Ok(())
