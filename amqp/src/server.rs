@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_core::backoff::Backoff;
-use chat_core::{ChatError, ChatServer, ClientId, ClientInfo};
+use chat_core::{ChatError, ChatServer, ClientId, ClientInfo, Credentials};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
@@ -480,8 +480,9 @@ async fn serve(
     outcome
 }
 
-/// Why a request cannot be handled at all (it is dead-lettered).
-fn decode(delivery: &Delivery) -> Result<pb::request::Body, String> {
+/// Why a request cannot be handled at all (it is dead-lettered). Returns
+/// the body and the credentials it carries (empty when it has none).
+fn decode(delivery: &Delivery) -> Result<(pb::request::Body, Credentials), String> {
     if let Some(kind) = delivery.properties.kind()
         && kind.as_str() != topology::TYPE_REQUEST
     {
@@ -493,9 +494,14 @@ fn decode(delivery: &Delivery) -> Result<pb::request::Body, String> {
     }
     let request = pb::Request::decode(delivery.data.as_slice())
         .map_err(|e| format!("body is not a chat.v1.Request: {e}"))?;
-    request
+    let creds = request
+        .auth
+        .map(|a| Credentials::new(a.client_id, a.secret))
+        .unwrap_or_default();
+    let body = request
         .body
-        .ok_or_else(|| "request has no body (register, send, list_clients or history)".into())
+        .ok_or("request has no body (register, send, list_clients or history)")?;
+    Ok((body, creds))
 }
 
 fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSet<()>) {
@@ -527,12 +533,15 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 }
             });
         }
-        Ok(pb::request::Body::Send(send)) => {
+        Ok((pb::request::Body::Send(send), creds)) => {
             // Polled once here, in delivery order: `ChatServer::send` assigns
             // the recipient's seq before its first await, so messages from
             // one sender keep the order in which they were queued.
             let server = g.server.clone();
-            let mut accepted = Box::pin(async move { server.send(send).await });
+            let mut accepted = Box::pin(async move {
+                let principal = server.authenticate(&creds)?;
+                server.send(&principal, send).await
+            });
             let early = (&mut accepted).now_or_never();
             tasks.spawn(async move {
                 let result = match early {
@@ -542,12 +551,12 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 finish_send(&g, request, result).await;
             });
         }
-        Ok(other) => {
+        Ok((other, creds)) => {
             tasks.spawn(async move {
                 let result = match other {
-                    pb::request::Body::Register(r) => register(&g, &r.client_id).await,
+                    pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
                     pb::request::Body::ListClients(_) => list(&g).await,
-                    pb::request::Body::History(h) => history(&g, &h.client_id),
+                    pb::request::Body::History(h) => history(&g, &creds, &h.client_id),
                     pb::request::Body::Send(_) => unreachable!("handled above"),
                 };
                 match result {
@@ -597,14 +606,20 @@ async fn finish_send(
     }
 }
 
-async fn register(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
-    let id = ClientId::parse(raw_id)?;
+/// Registers (claims) or resumes an ID. The secret is checked first, so
+/// that nobody else learns anything about the ID or touches its queue.
+async fn register(
+    g: &Generation,
+    creds: &Credentials,
+    raw_id: &str,
+) -> Result<pb::reply::Body, AmqpError> {
+    let (principal, created) = g.server.register(creds, raw_id).await?;
+    let id = principal.id().clone();
     let queue = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
     g.declared().insert(id.clone());
     if queue.consumer_count() > 0 {
         return Err(ChatError::AlreadyOnline(id).into());
     }
-    let created = g.server.register(id.as_str()).await?;
     tracing::info!(client = %id, created, "client registered");
     Ok(pb::reply::Body::Register(pb::RegisterReply {
         client_id: id.to_string(),
@@ -630,8 +645,13 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
     }))
 }
 
-fn history(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
-    let messages = g.server.history(raw_id)?;
+fn history(
+    g: &Generation,
+    creds: &Credentials,
+    raw_id: &str,
+) -> Result<pb::reply::Body, AmqpError> {
+    let principal = g.server.authenticate(creds)?;
+    let messages = g.server.history(&principal, raw_id)?;
     Ok(pb::reply::Body::History(pb::HistoryReply {
         messages: messages.iter().map(|m| m.to_proto()).collect(),
     }))
@@ -740,7 +760,7 @@ async fn forward_loop(g: &Generation) -> Result<(), AmqpError> {
             };
             match why {
                 None => {
-                    if let Err(e) = g.server.ack(m.to.as_str(), m.seq).await {
+                    if let Err(e) = g.server.forwarded(&m.to, m.seq).await {
                         tracing::error!(error = %e, "cannot record a delivery");
                     }
                 }

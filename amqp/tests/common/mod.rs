@@ -80,7 +80,9 @@ impl Namespace {
 
     pub async fn client_with(&self, raw: &str, config: &AmqpConfig) -> AmqpClient {
         self.track(raw);
-        AmqpClient::connect(config, id(raw)).await.unwrap()
+        AmqpClient::connect(config, id(raw), chat_testkit::secret_of(raw))
+            .await
+            .unwrap()
     }
 
     pub fn queue(&self, suffix: &str) -> String {
