@@ -15,6 +15,7 @@ Exits 0 and prints "contract check passed" when everything holds.
 import json
 import os
 import pathlib
+import secrets
 import signal
 import subprocess
 import sys
@@ -50,9 +51,11 @@ def load_proto(tmp):
 class PyClient:
     """A chat client following docs/amqp.md."""
 
-    def __init__(self, pb, client_id):
+    def __init__(self, pb, client_id, secret=None):
         self.pb = pb
         self.id = client_id
+        # The secret that claims the ID on first register: 256 random bits.
+        self.secret = secret or secrets.token_hex(32)
         self.conn = pika.BlockingConnection(pika.URLParameters(URL))
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
@@ -68,9 +71,11 @@ class PyClient:
         reply.ParseFromString(body)
         self.replies[props.correlation_id] = reply
 
-    def request(self, **body):
+    def request(self, auth=True, **body):
         corr = str(uuid.uuid4())
-        req = self.pb.Request(**body)
+        if auth is True:
+            auth = self.pb.Auth(client_id=self.id, secret=self.secret)
+        req = self.pb.Request(auth=auth or None, **body)
         self.ch.basic_publish(
             exchange="",
             routing_key=f"{NS}.server",
@@ -127,8 +132,11 @@ def check(cond, what):
 def main():
     subprocess.run(["cargo", "build", "-q", "-p", "chat-amqp", "--bins"], cwd=ROOT, check=True)
     env = dict(os.environ, AMQP_URL=URL, CHAT_AMQP_NAMESPACE=NS, RUST_LOG="warn")
+    env.pop("CHAT_SECRET", None)
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
+        # The Rust CLI keeps its generated secret in its state file here.
+        env["XDG_STATE_HOME"] = os.path.join(tmp, "state")
         pb = load_proto(tmp)
         server = subprocess.Popen(
             [BIN / "amqp-server", "--data-dir", os.path.join(tmp, "data")], env=env)
@@ -191,11 +199,28 @@ def main():
             reply = py.send("nobody-here", "hi")
             check(reply.error.code == pb.ErrorCode.Value("NOT_FOUND"), "an unknown recipient is refused")
 
-            second = PyClient(pb, py_id)
+            second = PyClient(pb, py_id, secret=py.secret)
             reply = second.request(register=pb.RegisterRequest(client_id=py_id))
             check(reply.error.code == pb.ErrorCode.Value("ALREADY_EXISTS"),
-                  "a second client with an online ID is refused")
+                  "a second client with an online ID (and its secret) is refused")
             second.conn.close()
+
+            unauthenticated = pb.ErrorCode.Value("UNAUTHENTICATED")
+            impostor = PyClient(pb, py_id)  # another secret
+            reply = impostor.request(register=pb.RegisterRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated,
+                  f"register with another secret is refused: {reply.error.message!r}")
+            reply = impostor.request(history=pb.HistoryRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated, "history with another secret is refused")
+            reply = py.request(auth=None, history=pb.HistoryRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated, "history without auth is refused")
+            impostor.conn.close()
+            reply = py.request(send=pb.SendRequest(
+                id=str(uuid.uuid4()), to=py_id, text="forged", **{"from": "rusty"}))
+            check(reply.error.code == pb.ErrorCode.Value("PERMISSION_DENIED"),
+                  "a send whose from is not auth.client_id is refused")
+            reply = py.request(auth=None, list_clients=pb.ListClientsRequest())
+            check(reply.WhichOneof("body") == "list_clients", "list_clients needs no auth")
             print("contract check passed")
         finally:
             for p in procs:
