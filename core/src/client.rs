@@ -39,8 +39,10 @@ pub trait ChatClient: Clone + Send + Sync + 'static {
     /// This client's ID.
     fn id(&self) -> &ClientId;
 
-    /// Registers the ID without going online (one-shot commands). Returns
-    /// whether it was new. Fails with ALREADY_EXISTS while the ID is online.
+    /// Registers the ID without going online (one-shot commands), claiming
+    /// it with this client's secret if it is new. Returns whether it was
+    /// new. Fails with ALREADY_EXISTS while the ID is online, and with
+    /// UNAUTHENTICATED when it was claimed with another secret.
     fn register(&self) -> impl Future<Output = Result<bool, ClientError>> + Send;
 
     /// Registers the ID (or resumes it), claims it online and starts pushing

@@ -380,7 +380,9 @@ async fn unreachable_server_gets_a_clear_error_after_retrying() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
+    let state = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-client"))
+        .env("XDG_STATE_HOME", state.path())
         .args([
             "--server",
             &url,
