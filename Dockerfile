@@ -69,11 +69,14 @@ RUN set -eu; cd /src; \
 FROM debian:bookworm-slim
 RUN useradd --uid 10001 --user-group --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin chat \
-    && mkdir -p /data && chown chat:chat /data
+    && mkdir -p /data /state && chown chat:chat /data /state
 COPY --from=build /out/ /usr/local/bin/
 USER chat
 WORKDIR /data
 # Servers keep log.txt and state.journal here; mount a volume on /data.
 ENV CHAT_DATA_DIR=/data
+# Clients keep their secret and last shown seq under /state/chatbench/;
+# mount a volume on /state so an ID stays yours across containers.
+ENV XDG_STATE_HOME=/state
 EXPOSE 50051
 CMD ["grpc-server"]

@@ -15,6 +15,7 @@ Exits 0 and prints "contract check passed" when everything holds.
 import json
 import os
 import pathlib
+import secrets
 import signal
 import subprocess
 import sys
@@ -63,9 +64,11 @@ def load_proto(tmp):
 class PyClient:
     """A chat client following docs/amqp.md."""
 
-    def __init__(self, pb, client_id):
+    def __init__(self, pb, client_id, secret=None):
         self.pb = pb
         self.id = client_id
+        # The secret that claims the ID on first register: 256 random bits.
+        self.secret = secret or secrets.token_hex(32)
         self.conn = pika.BlockingConnection(pika.URLParameters(url_with_heartbeat()))
         self.ch = self.conn.channel()
         # Declared before the first request, with its exact arguments, so
@@ -84,8 +87,10 @@ class PyClient:
         reply.ParseFromString(body)
         self.replies[props.correlation_id] = reply
 
-    def request(self, **body):
-        return self.request_raw(self.pb.Request(**body))
+    def request(self, auth=True, **body):
+        if auth is True:
+            auth = self.pb.Auth(client_id=self.id, secret=self.secret)
+        return self.request_raw(self.pb.Request(auth=auth or None, **body))
 
     def request_raw(self, req):
         corr = str(uuid.uuid4())
@@ -155,8 +160,11 @@ def main():
     subprocess.run(["cargo", "build", "-q", "-p", "chat-amqp", "--bins"], cwd=ROOT, check=True)
     env = dict(os.environ, AMQP_URL=URL, CHAT_AMQP_NAMESPACE=NS, RUST_LOG="warn",
                CHAT_MAX_REPLY_BYTES=str(MAX_REPLY_BYTES))
+    env.pop("CHAT_SECRET", None)
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
+        # The Rust CLI keeps its generated secret in its state file here.
+        env["XDG_STATE_HOME"] = os.path.join(tmp, "state")
         pb = load_proto(tmp)
         server = subprocess.Popen(
             [BIN / "amqp-server", "--data-dir", os.path.join(tmp, "data")], env=env)
@@ -219,12 +227,28 @@ def main():
             reply = py.send("nobody-here", "hi")
             check(reply.error.code == pb.ErrorCode.Value("NOT_FOUND"), "an unknown recipient is refused")
 
-            second = PyClient(pb, py_id)
+            second = PyClient(pb, py_id, secret=py.secret)
             reply = second.request(register=pb.RegisterRequest(client_id=py_id))
             check(reply.error.code == pb.ErrorCode.Value("ALREADY_EXISTS"),
-                  "a second client with an online ID is refused")
+                  "a second client with an online ID (and its secret) is refused")
             second.conn.close()
 
+            unauthenticated = pb.ErrorCode.Value("UNAUTHENTICATED")
+            impostor = PyClient(pb, py_id)  # another secret
+            reply = impostor.request(register=pb.RegisterRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated,
+                  f"register with another secret is refused: {reply.error.message!r}")
+            reply = impostor.request(history=pb.HistoryRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated, "history with another secret is refused")
+            reply = py.request(auth=None, history=pb.HistoryRequest(client_id=py_id))
+            check(reply.error.code == unauthenticated, "history without auth is refused")
+            impostor.conn.close()
+            reply = py.request(send=pb.SendRequest(
+                id=str(uuid.uuid4()), to=py_id, text="forged", **{"from": "rusty"}))
+            check(reply.error.code == pb.ErrorCode.Value("PERMISSION_DENIED"),
+                  "a send whose from is not auth.client_id is refused")
+            reply = py.request(auth=None, list_clients=pb.ListClientsRequest())
+            check(reply.WhichOneof("body") == "list_clients", "list_clients needs no auth")
             check_declarations(pb)
             check_heartbeat(py)
             check_message_ids(pb, py)
@@ -317,7 +341,7 @@ def check_coming_back(pb, py):
     sender = PyClient(pb, "back-" + uuid.uuid4().hex[:6])
     sender.join()
     sender.send(py.id, "while you were away")
-    back = PyClient(pb, py.id)
+    back = PyClient(pb, py.id, secret=py.secret)
     back.last_seq = last  # the seq rule: what it had shown before
     back.ch.basic_qos(prefetch_count=256)
     back.ch.basic_consume(f"{NS}.client.{py.id}", back._on_message, exclusive=True)

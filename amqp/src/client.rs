@@ -11,6 +11,9 @@
 //! check at registration, and the broker drops the consumer the moment the
 //! connection dies (kill -9 included), so the server never has stale state.
 //!
+//! Every request carries the client's ID and secret in its `auth` field
+//! (added in [`Shared::request`], the one place requests are built).
+//!
 //! Requests are matched to replies by `correlation_id`. Every request in
 //! flight keeps its encoded body until answered: after a reconnection it is
 //! published again with the new reply queue. That is safe because every
@@ -31,7 +34,7 @@ use chat_core::backoff::Backoff;
 use chat_core::client::{AckStream, incoming_channel};
 use chat_core::{
     Accepted, AckToken, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Incoming,
-    IncomingSink, Message, MessageId,
+    IncomingSink, Message, MessageId, Secret,
 };
 use chat_proto::v1 as pb;
 use futures::StreamExt;
@@ -82,6 +85,8 @@ struct Shared {
     brokers: Brokers,
     names: Names,
     id: ClientId,
+    /// Proves `id` on every request.
+    secret: Secret,
     /// The current connection; `None` while reconnecting.
     link: watch::Sender<Option<Arc<Link>>>,
     /// Requests waiting for their reply, by correlation ID.
@@ -291,7 +296,15 @@ impl Shared {
 
     async fn request(&self, body: pb::request::Body) -> Result<pb::reply::Body, ClientError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let bytes = pb::Request { body: Some(body) }.encode_to_vec();
+        let auth = pb::Auth {
+            client_id: self.id.to_string(),
+            secret: self.secret.expose().to_owned(),
+        };
+        let bytes = pb::Request {
+            body: Some(body),
+            auth: Some(auth),
+        }
+        .encode_to_vec();
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(
             correlation_id.clone(),
@@ -524,7 +537,11 @@ fn unexpected(body: pb::reply::Body) -> ClientError {
 impl ChatClient for AmqpClient {
     type Config = AmqpConfig;
 
-    async fn connect(config: &AmqpConfig, id: ClientId) -> Result<Self, ClientError> {
+    async fn connect(
+        config: &AmqpConfig,
+        id: ClientId,
+        secret: Secret,
+    ) -> Result<Self, ClientError> {
         let names = config
             .names()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -533,6 +550,7 @@ impl ChatClient for AmqpClient {
             brokers: Brokers::new(&config.url),
             names,
             id,
+            secret,
             link: watch::channel(None).0,
             pending: Mutex::new(HashMap::new()),
             joined: Mutex::new(None),
@@ -568,13 +586,13 @@ impl ChatClient for AmqpClient {
         }
     }
 
-    async fn join(&self) -> Result<Incoming, ClientError> {
+    async fn join_after(&self, after_seq: u64) -> Result<Incoming, ClientError> {
         let s = &self.shared;
         if s.joined().is_some() {
             return Err(ClientError::Protocol("joined already".into()));
         }
         self.register().await?;
-        let (sink, incoming, acks) = incoming_channel();
+        let (sink, incoming, acks) = incoming_channel(after_seq);
         let joined = Joined {
             sink: Arc::new(tokio::sync::Mutex::new(Some(sink))),
             acks: Arc::new(tokio::sync::Mutex::new(Some(acks))),

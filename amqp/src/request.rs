@@ -6,15 +6,20 @@
 //! [`ChatError::Malformed`] that the server answers (when there is a
 //! `reply_to`) and dead-letters the delivery with.
 
-use chat_core::ChatError;
+use chat_core::{ChatError, Credentials};
 use chat_proto::v1 as pb;
 use prost::Message as _;
 
 use crate::topology;
 
 /// The request carried by a delivery whose AMQP `type` property is `kind`
-/// (absent is fine) and whose body is `body`.
-pub(crate) fn decode(kind: Option<&str>, body: &[u8]) -> Result<pb::request::Body, ChatError> {
+/// (absent is fine) and whose body is `body`, with the credentials it
+/// presents (empty when it has none: the handlers then refuse it as
+/// UNAUTHENTICATED where an identity is needed).
+pub(crate) fn decode(
+    kind: Option<&str>,
+    body: &[u8],
+) -> Result<(pb::request::Body, Credentials), ChatError> {
     if let Some(kind) = kind
         && kind != topology::TYPE_REQUEST
     {
@@ -25,9 +30,14 @@ pub(crate) fn decode(kind: Option<&str>, body: &[u8]) -> Result<pb::request::Bod
     }
     let request = pb::Request::decode(body)
         .map_err(|e| ChatError::Malformed(format!("body is not a chat.v1.Request: {e}")))?;
-    request.body.ok_or_else(|| {
+    let creds = request
+        .auth
+        .map(|a| Credentials::new(a.client_id, a.secret))
+        .unwrap_or_default();
+    let body = request.body.ok_or_else(|| {
         ChatError::Malformed("request has no body (register, send, list_clients or history)".into())
-    })
+    })?;
+    Ok((body, creds))
 }
 
 #[cfg(test)]
@@ -86,20 +96,37 @@ mod tests {
             Just(pb::request::Body::ListClients(pb::ListClientsRequest {})),
             id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest { client_id })),
         ];
-        prop::option::of(body).prop_map(|body| pb::Request { body })
+        let auth = prop::option::of(
+            (
+                prop_oneof!["[a-z]{1,8}", any::<String>()],
+                prop_oneof![Just("s3cret".to_owned()), any::<String>()],
+            )
+                .prop_map(|(client_id, secret)| pb::Auth { client_id, secret }),
+        );
+        (prop::option::of(body), auth).prop_map(|(body, auth)| pb::Request { body, auth })
     }
 
     /// Runs a decoded request against a real (temporary) chat server, as
     /// the handlers do: it succeeds or is refused with a proper error.
-    async fn apply(server: &ChatServer, body: pb::request::Body) -> Result<(), ChatError> {
+    async fn apply(
+        server: &ChatServer,
+        body: pb::request::Body,
+        creds: Credentials,
+    ) -> Result<(), ChatError> {
         match body {
-            pb::request::Body::Register(r) => server.register(&r.client_id).await.map(drop),
-            pb::request::Body::Send(s) => server.send(s).await.map(drop),
+            pb::request::Body::Register(r) => server.register(&creds, &r.client_id).await.map(drop),
+            pb::request::Body::Send(s) => {
+                let principal = server.authenticate(&creds)?;
+                server.send(&principal, s).await.map(drop)
+            }
             pb::request::Body::ListClients(_) => {
                 server.list();
                 Ok(())
             }
-            pb::request::Body::History(h) => server.history(&h.client_id).map(drop),
+            pb::request::Body::History(h) => {
+                let principal = server.authenticate(&creds)?;
+                server.history(&principal, &h.client_id).map(drop)
+            }
         }
     }
 
@@ -124,7 +151,7 @@ mod tests {
         ) {
             let bytes = request.encode_to_vec();
             let whole = decode(Some(topology::TYPE_REQUEST), &bytes);
-            prop_assert_eq!(whole.as_ref().ok(), request.body.as_ref());
+            prop_assert_eq!(whole.as_ref().ok().map(|(b, _)| b), request.body.as_ref());
             let cut = cut.index(bytes.len() + 1);
             if let Err(e) = decode(None, &bytes[..cut]) {
                 assert_error_reply(&e);
@@ -160,8 +187,8 @@ mod tests {
                         bytes.extend(&garbage);
                     }
                     match decode(None, &bytes) {
-                        Ok(body) => {
-                            if let Err(e) = apply(&server, body).await {
+                        Ok((body, creds)) => {
+                            if let Err(e) = apply(&server, body, creds).await {
                                 assert_error_reply(&e);
                             }
                         }
@@ -183,6 +210,7 @@ mod tests {
         assert!(e.to_string().contains("unexpected message type"), "{e}");
         let list = pb::Request {
             body: Some(pb::request::Body::ListClients(pb::ListClientsRequest {})),
+            auth: None,
         };
         assert!(decode(None, &list.encode_to_vec()).is_ok());
     }

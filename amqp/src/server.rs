@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_core::backoff::Backoff;
-use chat_core::{ChatError, ChatServer, ClientId, ClientInfo};
+use chat_core::{ChatError, ChatServer, ClientId, ClientInfo, Credentials};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
@@ -520,12 +520,15 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 }
             });
         }
-        Ok(pb::request::Body::Send(send)) => {
+        Ok((pb::request::Body::Send(send), creds)) => {
             // Polled once here, in delivery order: `ChatServer::send` assigns
             // the recipient's seq before its first await, so messages from
             // one sender keep the order in which they were queued.
             let server = g.server.clone();
-            let mut accepted = Box::pin(async move { server.send(send).await });
+            let mut accepted = Box::pin(async move {
+                let principal = server.authenticate(&creds)?;
+                server.send(&principal, send).await
+            });
             let early = (&mut accepted).now_or_never();
             tasks.spawn(async move {
                 let result = match early {
@@ -535,12 +538,12 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 finish_send(&g, request, result).await;
             });
         }
-        Ok(other) => {
+        Ok((other, creds)) => {
             tasks.spawn(async move {
                 let result = match other {
-                    pb::request::Body::Register(r) => register(&g, &r.client_id).await,
+                    pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
                     pb::request::Body::ListClients(_) => list(&g).await,
-                    pb::request::Body::History(h) => history(&g, &h.client_id),
+                    pb::request::Body::History(h) => history(&g, &creds, &h.client_id),
                     pb::request::Body::Send(_) => unreachable!("handled above"),
                 };
                 match result {
@@ -590,14 +593,20 @@ async fn finish_send(
     }
 }
 
-async fn register(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
-    let id = ClientId::parse(raw_id)?;
+/// Registers (claims) or resumes an ID. The secret is checked first, so
+/// that nobody else learns anything about the ID or touches its queue.
+async fn register(
+    g: &Generation,
+    creds: &Credentials,
+    raw_id: &str,
+) -> Result<pb::reply::Body, AmqpError> {
+    let (principal, created) = g.server.register(creds, raw_id).await?;
+    let id = principal.id().clone();
     let queue = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
     g.declared().insert(id.clone());
     if queue.consumer_count() > 0 {
         return Err(ChatError::AlreadyOnline(id).into());
     }
-    let created = g.server.register(id.as_str()).await?;
     tracing::info!(client = %id, created, "client registered");
     Ok(pb::reply::Body::Register(pb::RegisterReply {
         client_id: id.to_string(),
@@ -623,8 +632,15 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
     }))
 }
 
-fn history(g: &Generation, raw_id: &str) -> Result<pb::reply::Body, AmqpError> {
-    Ok(pb::reply::Body::History(g.server.history_reply(raw_id)?))
+fn history(
+    g: &Generation,
+    creds: &Credentials,
+    raw_id: &str,
+) -> Result<pb::reply::Body, AmqpError> {
+    let principal = g.server.authenticate(creds)?;
+    Ok(pb::reply::Body::History(
+        g.server.history_reply(&principal, raw_id)?,
+    ))
 }
 
 /// Handlers waiting for "your message reached its recipient's queue".
@@ -730,7 +746,7 @@ async fn forward_loop(g: &Generation) -> Result<(), AmqpError> {
             };
             match why {
                 None => {
-                    if let Err(e) = g.server.ack(m.to.as_str(), m.seq).await {
+                    if let Err(e) = g.server.forwarded(&m.to, m.seq).await {
                         tracing::error!(error = %e, "cannot record a delivery");
                     }
                 }

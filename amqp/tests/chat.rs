@@ -214,7 +214,8 @@ async fn unreachable_broker_is_reported_as_unavailable() {
         l.local_addr().unwrap().port()
     };
     let config = ns.config_via(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
-    match chat_amqp::AmqpClient::connect(&config, id("alice")).await {
+    match chat_amqp::AmqpClient::connect(&config, id("alice"), chat_core::Secret::generate()).await
+    {
         Err(ClientError::Unavailable { endpoint, .. }) => {
             assert!(endpoint.contains(&port.to_string()));
             assert!(

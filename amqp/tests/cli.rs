@@ -14,7 +14,9 @@ fn client(ns: &Namespace, id: &str) -> Command {
     let mut c = Command::new(client_bin());
     c.env("AMQP_URL", &ns.url)
         .env("CHAT_AMQP_NAMESPACE", &ns.name)
+        .env("XDG_STATE_HOME", ns.state_dir.path())
         .env_remove("CHAT_ID")
+        .env_remove("CHAT_SECRET")
         .args(["--id", id])
         .stdin(Stdio::null())
         .kill_on_drop(true);

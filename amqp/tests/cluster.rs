@@ -55,9 +55,13 @@ async fn a_node_that_does_not_answer_is_skipped() {
 async fn with_no_node_answering_the_error_names_each() {
     let ns = Namespace::new();
     let list = format!("{},{}", dead_node(), dead_node().replace("%2f", "other"));
-    let e = AmqpClient::connect(&ns.config_via(&list), id("alice"))
-        .await
-        .unwrap_err();
+    let e = AmqpClient::connect(
+        &ns.config_via(&list),
+        id("alice"),
+        chat_testkit::secret_of("alice"),
+    )
+    .await
+    .unwrap_err();
     let ClientError::Unavailable { endpoint, reason } = &e else {
         panic!("expected Unavailable, got {e:?}");
     };
@@ -157,7 +161,7 @@ async fn the_chat_runs_on_quorum_queues() {
     server.stop().await;
 
     // The queues really are quorum queues: a classic client is refused.
-    let e = AmqpClient::connect(&ns.config(), id("carol"))
+    let e = AmqpClient::connect(&ns.config(), id("carol"), chat_testkit::secret_of("carol"))
         .await
         .unwrap_err()
         .to_string();

@@ -105,8 +105,121 @@ fn error_code(reply: &pb::Reply) -> pb::ErrorCode {
     }
 }
 
+/// A request acting as alice, with her test secret.
 fn request(body: pb::request::Body) -> Vec<u8> {
-    pb::Request { body: Some(body) }.encode_to_vec()
+    pb::Request {
+        body: Some(body),
+        auth: Some(pb::Auth {
+            client_id: "alice".into(),
+            secret: chat_testkit::secret_of("alice").expose().into(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// A request with `auth` as given (`None`: no credentials at all).
+fn request_with(body: pb::request::Body, auth: Option<(&str, &str)>) -> Vec<u8> {
+    pb::Request {
+        body: Some(body),
+        auth: auth.map(|(id, secret)| pb::Auth {
+            client_id: id.into(),
+            secret: secret.into(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_need_credentials_and_act_only_as_their_own_id() {
+    let ns = Namespace::new();
+    let server = InProcessServer::start(ns.config()).await;
+    let alice = ns.registered("alice").await;
+    let _bob = ns.registered("bob").await;
+    let mut peer = RawPeer::new(&ns.url).await;
+    let q = ns.queue("server");
+    let bob_secret = chat_testkit::secret_of("bob");
+    let as_bob = Some(("bob", bob_secret.expose()));
+    let send = || {
+        pb::request::Body::Send(pb::SendRequest {
+            id: String::new(),
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "forged".into(),
+        })
+    };
+    let history = || {
+        pb::request::Body::History(pb::HistoryRequest {
+            client_id: "alice".into(),
+        })
+    };
+    let register = || {
+        pb::request::Body::Register(pb::RegisterRequest {
+            client_id: "alice".into(),
+        })
+    };
+    let cases = [
+        (
+            "send, no auth",
+            request_with(send(), None),
+            pb::ErrorCode::Unauthenticated,
+        ),
+        (
+            "history, no auth",
+            request_with(history(), None),
+            pb::ErrorCode::Unauthenticated,
+        ),
+        (
+            "register, no auth",
+            request_with(register(), None),
+            pb::ErrorCode::Unauthenticated,
+        ),
+        (
+            "history, wrong secret",
+            request_with(history(), Some(("alice", "guessed"))),
+            pb::ErrorCode::Unauthenticated,
+        ),
+        (
+            "register, wrong secret",
+            request_with(register(), Some(("alice", "guessed"))),
+            pb::ErrorCode::Unauthenticated,
+        ),
+        (
+            "send as alice by bob",
+            request_with(send(), as_bob),
+            pb::ErrorCode::PermissionDenied,
+        ),
+        (
+            "history of alice by bob",
+            request_with(history(), as_bob),
+            pb::ErrorCode::PermissionDenied,
+        ),
+        (
+            "register alice by bob",
+            request_with(register(), as_bob),
+            pb::ErrorCode::PermissionDenied,
+        ),
+    ];
+    for (what, body, code) in cases {
+        let r = peer.ask(&q, &body, None).await;
+        assert_eq!(error_code(&r), code, "{what}: {r:?}");
+    }
+    // Listing acts as nobody; alice with her own secret is served.
+    let r = peer
+        .ask(
+            &q,
+            &request_with(
+                pb::request::Body::ListClients(pb::ListClientsRequest {}),
+                None,
+            ),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(r.body, Some(pb::reply::Body::ListClients(_))),
+        "{r:?}"
+    );
+    assert!(alice.history().await.unwrap().is_empty(), "nothing forged");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,10 +246,23 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
         .await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     let r = peer
-        .ask(&q, &pb::Request { body: None }.encode_to_vec(), None)
+        .ask(&q, &pb::Request::default().encode_to_vec(), None)
         .await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     // Missing and invalid fields: a clear refusal, not a dead letter.
+    let r = peer
+        .ask(
+            &q,
+            &request(pb::request::Body::Register(pb::RegisterRequest {
+                client_id: "alice".into(),
+            })),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(r.body, Some(pb::reply::Body::Register(_))),
+        "{r:?}"
+    );
     let send = |from: &str, to: &str, id: &str| {
         request(pb::request::Body::Send(pb::SendRequest {
             id: id.into(),

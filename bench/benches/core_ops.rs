@@ -20,7 +20,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use chat_bench::fixtures::{
-    client_name, count_label, open_server, register_clients, send_messages, send_request, text,
+    client_name, count_label, creds, open_server, principal, register_clients, send_messages,
+    send_request, text,
 };
 use chat_bench::{runtime, time_async};
 use chat_core::ChatServer;
@@ -102,7 +103,9 @@ fn core_ops(c: &mut Criterion) {
                     let request = send_request(from, to, &body);
                     let server = &p.server;
                     async move {
-                        server.send(request).await.expect("accepted");
+                        // Authenticated per request, as the adapters do.
+                        let p = principal(server, from);
+                        server.send(&p, request).await.expect("accepted");
                     }
                 })
             });
@@ -123,7 +126,9 @@ fn core_ops(c: &mut Criterion) {
                     next.set(next.get() + 1);
                     let server = &p.server;
                     async move {
-                        assert!(server.register(&id).await.expect("registers"));
+                        let (_, created) =
+                            server.register(&creds(&id), &id).await.expect("registers");
+                        assert!(created);
                     }
                 })
             });
@@ -132,7 +137,11 @@ fn core_ops(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("resume", &label), |b| {
             b.iter_custom(|iters| {
                 time_async(&rt, iters, |_| async {
-                    let created = p.server.register(&existing).await.expect("resumes");
+                    let (_, created) = p
+                        .server
+                        .register(&creds(&existing), &existing)
+                        .await
+                        .expect("resumes");
                     assert!(!created);
                 })
             });
@@ -148,7 +157,8 @@ fn core_ops(c: &mut Criterion) {
         let p = with_history(&rt, n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("messages", count_label(n)), |b| {
-            b.iter(|| black_box(p.server.history("c0").expect("valid ID")));
+            let me = principal(&p.server, "c0");
+            b.iter(|| black_box(p.server.history(&me, "c0").expect("valid ID")));
         });
     }
     g.finish();

@@ -19,7 +19,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chat_bench::fixtures::{
-    count_label, open_server, register_clients, send_messages, send_request, size_label, text,
+    count_label, creds, open_server, principal, register_clients, send_messages, send_request,
+    size_label, text,
 };
 use chat_bench::{runtime, time_async};
 use chat_core::journal::{self, Durability};
@@ -81,9 +82,16 @@ fn log_append(c: &mut Criterion) {
         let dir = scratch();
         let server = open_server(dir.path(), durability);
         rt.block_on(async {
-            server.register("alice").await.expect("register");
-            server.register("bob").await.expect("register");
+            server
+                .register(&creds("alice"), "alice")
+                .await
+                .expect("register");
+            server
+                .register(&creds("bob"), "bob")
+                .await
+                .expect("register");
         });
+        let alice = principal(&server, "alice");
         let body = text(64);
         let mut g = c.benchmark_group(name);
         g.warm_up_time(Duration::from_millis(500))
@@ -94,7 +102,7 @@ fn log_append(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 time_async(&rt, iters, |_| async {
                     server
-                        .send(send_request("alice", "bob", &body))
+                        .send(&alice, send_request("alice", "bob", &body))
                         .await
                         .expect("accepted");
                 })
@@ -105,7 +113,8 @@ fn log_append(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 time_async(&rt, iters, |_| async {
                     try_join_all(
-                        (0..GROUP).map(|_| server.send(send_request("alice", "bob", &body))),
+                        (0..GROUP)
+                            .map(|_| server.send(&alice, send_request("alice", "bob", &body))),
                     )
                     .await
                     .expect("accepted");

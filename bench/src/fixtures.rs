@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use chat_core::journal::Durability;
-use chat_core::{ChatServer, ServerConfig};
+use chat_core::{ChatServer, Credentials, Principal, ServerConfig};
 use chat_proto::v1 as pb;
 use futures::future::try_join_all;
 
@@ -52,6 +52,18 @@ pub fn client_name(n: usize) -> String {
     format!("c{n}")
 }
 
+/// The credentials of bench client `id` (a fixed secret per ID).
+pub fn creds(id: &str) -> Credentials {
+    Credentials::new(id, format!("bench-secret-of-{id}"))
+}
+
+/// Authenticates `id` as an adapter does for each request.
+pub fn principal(server: &ChatServer, id: &str) -> Principal {
+    server
+        .authenticate(&creds(id))
+        .expect("bench client registered")
+}
+
 /// A send request with a server-assigned message ID.
 pub fn send_request(from: &str, to: &str, text: &str) -> pb::SendRequest {
     pb::SendRequest {
@@ -78,8 +90,13 @@ pub fn chat_message(len: usize) -> pb::ChatMessage {
 pub fn send_envelope(len: usize) -> pb::Request {
     let mut send = send_request("alice", "bob", &text(len));
     send.id = chat_core::MessageId::generate().to_string();
+    let creds = creds("alice");
     pb::Request {
         body: Some(pb::request::Body::Send(send)),
+        auth: Some(pb::Auth {
+            client_id: creds.client_id,
+            secret: creds.secret,
+        }),
     }
 }
 
@@ -98,9 +115,13 @@ pub fn open_server(dir: &Path, durability: Durability) -> ChatServer {
 pub async fn register_clients(server: &ChatServer, n: usize) {
     let names: Vec<String> = (0..n).map(client_name).collect();
     for chunk in names.chunks(SETUP_CONCURRENCY) {
-        try_join_all(chunk.iter().map(|id| server.register(id)))
-            .await
-            .expect("setup registration refused");
+        try_join_all(
+            chunk
+                .iter()
+                .map(|id| async move { server.register(&creds(id), id).await }),
+        )
+        .await
+        .expect("setup registration refused");
     }
 }
 
@@ -108,10 +129,11 @@ pub async fn register_clients(server: &ChatServer, n: usize) {
 /// time); both must be registered.
 pub async fn send_messages(server: &ChatServer, from: &str, to: &str, n: usize, text_len: usize) {
     let body = text(text_len);
+    let from_p = principal(server, from);
     let mut left = n;
     while left > 0 {
         let now = left.min(SETUP_CONCURRENCY);
-        try_join_all((0..now).map(|_| server.send(send_request(from, to, &body))))
+        try_join_all((0..now).map(|_| server.send(&from_p, send_request(from, to, &body))))
             .await
             .expect("setup send refused");
         left -= now;

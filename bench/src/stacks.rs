@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chat_amqp::AmqpConfig;
 use chat_core::journal::Durability;
-use chat_core::{ChatClient, ClientError, ClientId, Incoming, IncomingEvent};
+use chat_core::{ChatClient, ClientError, ClientId, Incoming, IncomingEvent, Secret};
 use chat_grpc::GrpcConfig;
 use futures::{StreamExt as _, TryStreamExt as _};
 use lapin::{Connection, ConnectionProperties};
@@ -199,9 +199,9 @@ impl<C: ChatClient> Pair<C> {
     /// Connects `from` (registered, offline) and `to` (joined).
     pub async fn connect(config: &C::Config, from: &str, to: &str) -> Result<Self, ClientError> {
         let to = ClientId::parse(to)?;
-        let recipient = C::connect(config, to.clone()).await?;
+        let recipient = C::connect(config, to.clone(), Secret::generate()).await?;
         let incoming = recipient.join().await?;
-        let sender = C::connect(config, ClientId::parse(from)?).await?;
+        let sender = C::connect(config, ClientId::parse(from)?, Secret::generate()).await?;
         sender.register().await?;
         Ok(Self {
             sender,

@@ -27,10 +27,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
-use crate::client::{ChatClient, ClientError, ConnectionState, Incoming, IncomingEvent};
+use crate::client::{ChatClient, ClientError, ConnectionState, Delivery, Incoming, IncomingEvent};
 use crate::error::{ChatError, ErrorCode};
 use crate::id::ClientId;
+use crate::identity::Secret;
 use crate::message::{ClientInfo, Message, format_timestamp};
+use crate::state_file::{self, StateFile};
 
 /// Pause between the lines of the `--demo` conversation, so that a person
 /// watching `docker compose up` can follow it.
@@ -45,6 +47,13 @@ pub struct ClientArgs {
     /// Without it a unique ID is generated and printed.
     #[arg(long, env = "CHAT_ID", global = true)]
     pub id: Option<String>,
+
+    /// The secret that proves your ID (1-128 visible ASCII characters). The
+    /// first registration of an ID claims it with its secret. Without this
+    /// flag a secret is generated once and kept in your state file
+    /// ($XDG_STATE_HOME/chatbench/ or ~/.local/state/chatbench/).
+    #[arg(long, env = "CHAT_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
 
     /// Print every event as one JSON object per line on stdout.
     #[arg(long, env = "CHAT_JSON", global = true)]
@@ -105,8 +114,14 @@ commands:
   /quit              leave (Ctrl-D and Ctrl-C too)";
 
 /// Runs the client described by `args` against `config`. `endpoint` names
-/// the server or broker in messages.
-pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: ClientArgs) -> ExitCode {
+/// the server or broker in messages; `state_key` names the chat the state
+/// file is for (the endpoint, plus anything else that tells chats apart).
+pub async fn run<C: ChatClient>(
+    config: C::Config,
+    endpoint: String,
+    state_key: String,
+    args: ClientArgs,
+) -> ExitCode {
     let interactive_tty = args.command.is_none()
         && !args.json
         && std::io::stdin().is_terminal()
@@ -130,12 +145,35 @@ pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: Clien
         }
     };
 
+    let given = match args.secret.as_deref().map(Secret::parse) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            out.error(&ClientError::from(e));
+            return ExitCode::from(2);
+        }
+    };
+    let opened = state_file::default_dir()
+        .and_then(|dir| StateFile::open(&dir, &state_key, &id, given.as_ref()));
+    let (mut state, secret) = match (opened, given) {
+        (Ok((file, secret)), _) => (Keeper::new(Some(file), out.clone()), secret),
+        // The user keeps the secret; only the last shown seq is not kept.
+        (Err(e), Some(secret)) => {
+            out.notice(&format!("{e}; carrying on without it"));
+            (Keeper::new(None, out.clone()), secret)
+        }
+        (Err(e), None) => {
+            out.error_text(&e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+
     let deadline = match args.command {
         None | Some(Command::Listen { .. }) => None,
         _ => Some(Instant::now() + Duration::from_secs(args.connect_timeout)),
     };
     let client = match retry(&out, &endpoint, deadline, || {
-        C::connect(&config, id.clone())
+        C::connect(&config, id.clone(), secret.clone())
     })
     .await
     {
@@ -157,20 +195,114 @@ pub async fn run<C: ChatClient>(config: C::Config, endpoint: String, args: Clien
                 &client,
                 &out,
                 &endpoint,
+                &mut state,
                 count,
                 timeout.map(Duration::from_secs),
             )
             .await
         }
-        None => interactive(client, out.clone(), interactive_tty, &endpoint, args.demo).await,
+        None => {
+            interactive(
+                client,
+                out.clone(),
+                &mut state,
+                interactive_tty,
+                &endpoint,
+                args.demo,
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             out.error(&e);
+            if e.code() == Some(ErrorCode::Unauthenticated)
+                && let Some(path) = state.path()
+            {
+                out.notice(&format!(
+                    "the secret this client used for {id} is kept in {}",
+                    path.display()
+                ));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The state file as the CLI uses it: the last shown seq is written before
+/// the acknowledgements for it go out. A file that cannot be written is
+/// reported once; the client carries on (the seq is then simply not kept).
+struct Keeper {
+    file: Option<StateFile>,
+    out: Output,
+    failed: bool,
+}
+
+impl Keeper {
+    fn new(file: Option<StateFile>, out: Output) -> Self {
+        Self {
+            file,
+            out,
+            failed: false,
+        }
+    }
+
+    fn path(&self) -> Option<&std::path::Path> {
+        self.file.as_ref().map(StateFile::path)
+    }
+
+    fn last_shown_seq(&self) -> u64 {
+        self.file.as_ref().map_or(0, StateFile::last_shown_seq)
+    }
+
+    fn shown(&mut self, seq: u64) {
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.shown(seq)
+            && !std::mem::replace(&mut self.failed, true)
+        {
+            self.out.notice(&format!(
+                "{e}; messages shown from now on may be shown again after a crash"
+            ));
+        }
+    }
+}
+
+/// Shows `first` and whatever else is waiting already (at most `limit` in
+/// all), records the last seq in the state file, and only then
+/// acknowledges them: one file write per batch, and a crash between showing
+/// and acknowledging never shows them again. Returns how many were shown
+/// and an event that came after them, to be handled by the caller.
+fn show_batch(
+    out: &Output,
+    state: &mut Keeper,
+    incoming: &mut Incoming,
+    first: Delivery,
+    limit: usize,
+) -> (usize, Option<IncomingEvent>) {
+    let mut batch = vec![first];
+    let mut after = None;
+    while batch.len() < limit {
+        match incoming.try_recv() {
+            Some(IncomingEvent::Message(d)) => batch.push(d),
+            Some(other) => {
+                after = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    for d in &batch {
+        out.message(&d.message);
+    }
+    if let Some(seq) = batch.iter().map(|d| d.message.seq).max() {
+        state.shown(seq);
+    }
+    let n = batch.len();
+    for d in batch {
+        d.ack();
+    }
+    (n, after)
 }
 
 /// Retries `attempt` while it fails transiently, saying so, until `deadline`.
@@ -227,28 +359,35 @@ async fn listen<C: ChatClient>(
     client: &C,
     out: &Output,
     endpoint: &str,
+    state: &mut Keeper,
     count: Option<usize>,
     timeout: Option<Duration>,
 ) -> Result<(), ClientError> {
-    let mut incoming = retry(out, endpoint, None, || client.join()).await?;
+    let after = state.last_shown_seq();
+    let mut incoming = retry(out, endpoint, None, || client.join_after(after)).await?;
     out.emit(&Event::Joined {
         id: client.id().as_str(),
     });
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut seen = 0usize;
+    let mut leftover = None;
     while count.is_none_or(|c| seen < c) {
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, incoming.recv()).await {
-                Ok(ev) => ev,
-                Err(_) => break,
+        let next = match leftover.take() {
+            Some(ev) => Some(ev),
+            None => match deadline {
+                Some(d) => match tokio::time::timeout_at(d, incoming.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                },
+                None => incoming.recv().await,
             },
-            None => incoming.recv().await,
         };
         match next {
             Some(IncomingEvent::Message(d)) => {
-                out.message(&d.message);
-                d.ack();
-                seen += 1;
+                let limit = count.map_or(usize::MAX, |c| c - seen);
+                let (n, after) = show_batch(out, state, &mut incoming, d, limit);
+                seen += n;
+                leftover = after;
             }
             Some(IncomingEvent::State(s)) => out.state(&s),
             None => break,
@@ -272,11 +411,13 @@ enum Input {
 async fn interactive<C: ChatClient>(
     client: C,
     out: Output,
+    state: &mut Keeper,
     tty: bool,
     endpoint: &str,
     demo: Option<String>,
 ) -> Result<(), ClientError> {
-    let mut incoming: Incoming = retry(&out, endpoint, None, || client.join()).await?;
+    let after = state.last_shown_seq();
+    let mut incoming: Incoming = retry(&out, endpoint, None, || client.join_after(after)).await?;
     out.emit(&Event::Joined {
         id: client.id().as_str(),
     });
@@ -304,12 +445,17 @@ async fn interactive<C: ChatClient>(
     let shutdown = crate::signal::shutdown_signal();
     tokio::pin!(shutdown);
 
+    let mut leftover: Option<IncomingEvent> = None;
     loop {
         tokio::select! {
-            event = incoming.recv() => match event {
+            event = async {
+                match leftover.take() {
+                    Some(ev) => Some(ev),
+                    None => incoming.recv().await,
+                }
+            } => match event {
                 Some(IncomingEvent::Message(d)) => {
-                    out.message(&d.message);
-                    d.ack();
+                    leftover = show_batch(&out, state, &mut incoming, d, usize::MAX).1;
                 }
                 Some(IncomingEvent::State(s)) => {
                     let closed = matches!(s, ConnectionState::Closed { .. });

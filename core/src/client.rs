@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ErrorCode;
 use crate::id::{ClientId, MessageId};
+use crate::identity::Secret;
 use crate::message::{ClientInfo, Message};
 
 /// How many incoming events may wait for the consumer before the adapter
@@ -24,25 +25,41 @@ pub trait ChatClient: Clone + Send + Sync + 'static {
     /// Where to connect (a gRPC URL, an AMQP URL, ...).
     type Config: Clone + Send + Sync + std::fmt::Debug + 'static;
 
-    /// Opens the transport for client `id`. It neither registers nor goes
-    /// online (one-shot commands need neither). Fails with
-    /// [`ClientError::Unavailable`] when the server or broker cannot be reached.
+    /// Opens the transport for client `id`, which proves itself with
+    /// `secret` on every request (the first registration claims the ID with
+    /// it). It neither registers nor goes online (one-shot commands need
+    /// neither). Fails with [`ClientError::Unavailable`] when the server or
+    /// broker cannot be reached.
     fn connect(
         config: &Self::Config,
         id: ClientId,
+        secret: Secret,
     ) -> impl Future<Output = Result<Self, ClientError>> + Send;
 
     /// This client's ID.
     fn id(&self) -> &ClientId;
 
-    /// Registers the ID without going online (one-shot commands). Returns
-    /// whether it was new. Fails with ALREADY_EXISTS while the ID is online.
+    /// Registers the ID without going online (one-shot commands), claiming
+    /// it with this client's secret if it is new. Returns whether it was
+    /// new. Fails with ALREADY_EXISTS while the ID is online, and with
+    /// UNAUTHENTICATED when it was claimed with another secret.
     fn register(&self) -> impl Future<Output = Result<bool, ClientError>> + Send;
 
     /// Registers the ID (or resumes it), claims it online and starts pushing
     /// incoming messages. The returned stream survives reconnections and
     /// ends when the client is dropped or the ID is taken over.
-    fn join(&self) -> impl Future<Output = Result<Incoming, ClientError>> + Send;
+    fn join(&self) -> impl Future<Output = Result<Incoming, ClientError>> + Send {
+        self.join_after(0)
+    }
+
+    /// [`Self::join`], never passing on a message at or below `after_seq`
+    /// (the last seq this client showed, as kept in its state file): such a
+    /// message is acknowledged and dropped, so a client killed between
+    /// showing a message and acknowledging it does not show it again.
+    fn join_after(
+        &self,
+        after_seq: u64,
+    ) -> impl Future<Output = Result<Incoming, ClientError>> + Send;
 
     /// Sends `text` to `to`. Resolves when the server has accepted (logged)
     /// it, never waiting for delivery; call it many times concurrently.
@@ -178,6 +195,11 @@ impl Incoming {
         self.rx.recv().await
     }
 
+    /// The next event if one is waiting already.
+    pub fn try_recv(&mut self) -> Option<IncomingEvent> {
+        self.rx.try_recv().ok()
+    }
+
     /// Stops receiving and waits until every acknowledgement given so far has
     /// been carried to the server, so nothing shown is shown again next time.
     pub async fn close(self) {
@@ -215,8 +237,9 @@ pub struct IncomingSink {
 }
 
 /// Creates the pair, plus the stream of acknowledgements the adapter must
-/// carry to its transport.
-pub fn incoming_channel() -> (IncomingSink, Incoming, AckStream) {
+/// carry to its transport. Seqs at or below `after_seq` count as shown
+/// already.
+pub fn incoming_channel(after_seq: u64) -> (IncomingSink, Incoming, AckStream) {
     let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let (flushed, acks_flushed) = oneshot::channel();
@@ -224,7 +247,7 @@ pub fn incoming_channel() -> (IncomingSink, Incoming, AckStream) {
         IncomingSink {
             tx,
             acks,
-            last_seq: 0,
+            last_seq: after_seq,
         },
         Incoming { rx, acks_flushed },
         AckStream {
@@ -315,7 +338,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeats_are_dropped_and_acknowledged() {
-        let (mut sink, mut incoming, mut acks) = incoming_channel();
+        let (mut sink, mut incoming, mut acks) = incoming_channel(0);
         assert!(sink.deliver(msg(1), 10, 1).await);
         assert!(sink.deliver(msg(2), 11, 1).await);
         assert!(sink.deliver(msg(1), 12, 2).await); // repeat after a reconnect
@@ -343,8 +366,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn seqs_shown_by_an_earlier_run_are_acknowledged_not_shown() {
+        let (mut sink, mut incoming, mut acks) = incoming_channel(2);
+        assert!(sink.deliver(msg(2), 10, 1).await); // shown before a crash, never acked
+        assert!(sink.deliver(msg(3), 11, 1).await);
+        match incoming.recv().await {
+            Some(IncomingEvent::Message(d)) => assert_eq!(d.message.seq, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        let t = acks.try_recv().expect("the repeat was acknowledged");
+        assert_eq!((t.seq, t.tag), (2, 10));
+    }
+
+    #[tokio::test]
     async fn a_gap_is_passed_on() {
-        let (mut sink, mut incoming, _acks) = incoming_channel();
+        let (mut sink, mut incoming, _acks) = incoming_channel(0);
         assert!(sink.deliver(msg(1), 10, 1).await);
         assert!(sink.deliver(msg(4), 11, 1).await); // 2 and 3 missing
         let mut seen = Vec::new();

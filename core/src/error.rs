@@ -36,6 +36,21 @@ pub enum ChatError {
         bytes: usize,
         max: usize,
     },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(
+        "ID {0} is claimed by another secret; pass --secret (or CHAT_SECRET) with the one it was registered with, or use another ID"
+    )]
+    WrongSecret(ClientId),
+    #[error(
+        "ID {0} was registered before IDs had secrets; register (join) it once with your secret to claim it"
+    )]
+    Unclaimed(ClientId),
+    #[error("authenticated as {principal}, so this request may not act as {acting_as:?}")]
+    PermissionDenied {
+        principal: ClientId,
+        acting_as: String,
+    },
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("server is shutting down")]
@@ -62,6 +77,10 @@ impl ChatError {
             | Self::Malformed(_) => ErrorCode::InvalidArgument,
             Self::UnknownRecipient(_) | Self::UnknownSender(_) => ErrorCode::NotFound,
             Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
+            Self::Unauthenticated(_) | Self::WrongSecret(_) | Self::Unclaimed(_) => {
+                ErrorCode::Unauthenticated
+            }
+            Self::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             Self::MailboxFull(..) | Self::ReplyTooLarge { .. } => ErrorCode::ResourceExhausted,
             Self::ShuttingDown => ErrorCode::Unavailable,
             Self::Storage { .. } | Self::DataDirInUse { .. } => ErrorCode::Internal,

@@ -5,8 +5,14 @@
 //! * `log.txt`: one human-readable line per accepted message (see
 //!   [`crate::log_line`]). It is also the source of truth for histories and
 //!   mailboxes: a recipient's sequence numbers are the order of its lines.
-//! * `state.journal`: registrations (`register <unix_ms> <id>`) and delivery
-//!   cursors (`ack <id> <seq>`: everything up to `seq` reached its next hop).
+//! * `state.journal`: registrations (`register <unix_ms> <id> <sha256>`) and
+//!   delivery cursors (`ack <id> <seq>`: everything up to `seq` reached its
+//!   next hop). `<sha256>` is the hex SHA-256 of the secret that claimed the
+//!   ID (see [`crate::identity`]). Journals written before IDs had secrets
+//!   have `register <unix_ms> <id>` lines: such an ID is *unclaimed*, and the
+//!   next registration with a secret claims it by appending a `register`
+//!   line with the same time and the hash (a later line for an ID replaces
+//!   the hash of an earlier one).
 //!   Only the last ack of a client matters, so at start the file is
 //!   rewritten as a snapshot (one registration and one ack per client)
 //!   whenever that makes it shorter.
@@ -28,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ChatError;
 use crate::id::ClientId;
+use crate::identity::SecretHash;
 use crate::log_line;
 use crate::message::Message;
 
@@ -48,7 +55,9 @@ pub enum Durability {
 #[derive(Debug)]
 pub enum Record {
     Message(Arc<Message>),
-    Register(ClientId, i64),
+    /// A registration (or the claim of an unclaimed ID): ID, registration
+    /// time, hash of the secret (`None` only when compacting an unclaimed one).
+    Register(ClientId, i64, Option<SecretHash>),
     Ack(ClientId, u64),
 }
 
@@ -60,8 +69,9 @@ pub(crate) struct Job {
 /// What replay found on disk.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Registered clients (with registration time) in registration order.
-    pub registered: Vec<(ClientId, i64)>,
+    /// Registrations (ID, time, secret hash) in journal order; an ID may
+    /// appear twice (registered unclaimed, then claimed).
+    pub registered: Vec<(ClientId, i64, Option<SecretHash>)>,
     /// Lines in `state.journal` (to decide whether compacting it pays).
     pub state_lines: usize,
     /// Highest acknowledged seq per client.
@@ -80,17 +90,28 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
     out.state_lines = state_lines.len();
     for (n, line) in state_lines.into_iter().enumerate() {
         let mut parts = line.split(' ');
-        let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("register"), Some(ts), Some(id), None) => {
-                match (ClientId::parse(id), ts.parse::<i64>()) {
-                    (Ok(id), Ok(ts)) => {
-                        out.registered.push((id, ts));
+        let fields = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        );
+        let parsed = match fields {
+            (Some("register"), Some(ts), Some(id), hash, None) => {
+                let hash = match hash {
+                    None => Some(None),
+                    Some(h) => SecretHash::from_hex(h).map(Some),
+                };
+                match (ClientId::parse(id), ts.parse::<i64>(), hash) {
+                    (Ok(id), Ok(ts), Some(hash)) => {
+                        out.registered.push((id, ts, hash));
                         Some(())
                     }
                     _ => None,
                 }
             }
-            (Some("ack"), Some(id), Some(seq), None) => {
+            (Some("ack"), Some(id), Some(seq), None, None) => {
                 match (ClientId::parse(id), seq.parse::<u64>()) {
                     (Ok(id), Ok(seq)) => {
                         out.acks.push((id, seq));
@@ -265,7 +286,10 @@ pub(crate) fn start_writer(
 fn write_state_line(out: &mut String, record: &Record) {
     use std::fmt::Write as _;
     let _ = match record {
-        Record::Register(id, ts) => writeln!(out, "register {ts} {id}"),
+        Record::Register(id, ts, Some(hash)) => {
+            writeln!(out, "register {ts} {id} {}", hash.to_hex())
+        }
+        Record::Register(id, ts, None) => writeln!(out, "register {ts} {id}"),
         Record::Ack(id, seq) => writeln!(out, "ack {id} {seq}"),
         Record::Message(_) => Ok(()),
     };

@@ -13,12 +13,14 @@ pub mod data_lock;
 pub mod error;
 pub mod exit;
 pub mod id;
+pub mod identity;
 pub mod journal;
 pub mod limits;
 pub mod log_line;
 pub mod message;
 pub mod server;
 pub mod signal;
+pub mod state_file;
 pub mod telemetry;
 
 pub use client::{
@@ -27,6 +29,7 @@ pub use client::{
 };
 pub use error::{ChatError, ErrorCode};
 pub use id::{ClientId, MessageId};
+pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message};
 pub use server::{ChatServer, ServerArgs, ServerConfig, Session};

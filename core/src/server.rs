@@ -16,6 +16,12 @@
 //!
 //! Visibility follows durability: a message enters histories and mailboxes
 //! only after the journal writer has appended it (see [`crate::journal`]).
+//!
+//! Identity is checked here, once, for both transports: [`ChatServer::register`]
+//! and [`ChatServer::connect`] claim an ID with a secret (or verify it), and
+//! [`ChatServer::authenticate`] turns [`Credentials`] into the [`Principal`]
+//! that [`ChatServer::send`], [`ChatServer::ack`] and [`ChatServer::history`]
+//! require; each of those refuses a request that names another ID.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::error::ChatError;
 use crate::id::{ClientId, MessageId};
+use crate::identity::{Credentials, Principal, Secret, SecretHash};
 use crate::journal::{self, Durability, Job, JobSender, Record};
 use crate::limits::Limits;
 use crate::message::{ClientInfo, Message, now_ms};
@@ -79,6 +86,9 @@ struct State {
 struct Client {
     /// When the ID was first registered (Unix ms), kept through compaction.
     registered_ms: i64,
+    /// Hash of the secret that claimed the ID; `None` for an ID registered
+    /// before IDs had secrets (the next registration claims it).
+    secret: Option<SecretHash>,
     /// The session currently holding this ID online, if any.
     session: Option<u64>,
     /// Last seq assigned to a message for this client (committed or not).
@@ -107,8 +117,12 @@ impl ChatServer {
         let lock = crate::data_lock::lock(&config.data_dir)?;
         let replay = journal::replay(&config.data_dir)?;
         let mut state = State::default();
-        for (id, ts) in replay.registered {
-            state.clients.entry(id).or_default().registered_ms = ts;
+        for (id, ts, secret) in replay.registered {
+            let c = state.clients.entry(id).or_default();
+            c.registered_ms = ts;
+            if secret.is_some() {
+                c.secret = secret;
+            }
         }
         for (id, seq) in replay.acks {
             let c = state.clients.entry(id).or_default();
@@ -139,7 +153,7 @@ impl ChatServer {
             .iter()
             .flat_map(|(id, c)| {
                 let ack = (c.acked > 0).then(|| Record::Ack(id.clone(), c.acked));
-                std::iter::once(Record::Register(id.clone(), c.registered_ms)).chain(ack)
+                std::iter::once(Record::Register(id.clone(), c.registered_ms, c.secret)).chain(ack)
             })
             .collect();
         if replay.state_lines > snapshot.len() {
@@ -207,38 +221,64 @@ impl ChatServer {
         }
     }
 
-    /// Registers `raw_id`, or resumes it if it is registered and offline.
-    /// Returns whether the ID was new.
-    pub async fn register(&self, raw_id: &str) -> Result<bool, ChatError> {
-        let id = ClientId::parse(raw_id)?;
-        let rx = {
+    /// Checks `creds`: the ID is registered and claimed with this secret.
+    /// Unknown ID: NOT_FOUND (register first); no or wrong secret, or an ID
+    /// not claimed yet: UNAUTHENTICATED.
+    pub fn authenticate(&self, creds: &Credentials) -> Result<Principal, ChatError> {
+        let (id, presented) = presented(creds)?;
+        let st = self.lock();
+        let Some((id, c)) = st.clients.get_key_value(&id) else {
+            return Err(ChatError::UnknownSender(id));
+        };
+        match &c.secret {
+            Some(stored) if stored.matches(&presented) => Ok(Principal { id: id.clone() }),
+            Some(_) => Err(ChatError::WrongSecret(id.clone())),
+            None => Err(ChatError::Unclaimed(id.clone())),
+        }
+    }
+
+    /// Registers `raw_id` (claiming it with the secret in `creds`), or
+    /// resumes it if it is registered, offline and the secret matches.
+    /// Returns the principal and whether the ID was new.
+    pub async fn register(
+        &self,
+        creds: &Credentials,
+        raw_id: &str,
+    ) -> Result<(Principal, bool), ChatError> {
+        ClientId::validate(raw_id)?;
+        let (id, presented) = presented(creds)?;
+        check_same(&id, raw_id)?;
+        let (principal, created, rx) = {
             let mut st = self.lock();
             if st.shutting_down {
                 return Err(ChatError::ShuttingDown);
             }
-            match st.clients.get(&id) {
-                Some(c) if c.session.is_some() => return Err(ChatError::AlreadyOnline(id)),
-                Some(_) => return Ok(false),
-                None => {}
+            let (principal, created, record) = claim(&mut st, id, presented)?;
+            if st.clients[&principal.id].session.is_some() {
+                return Err(ChatError::AlreadyOnline(principal.id));
             }
-            let now = now_ms();
-            st.clients.entry(id.clone()).or_default().registered_ms = now;
-            self.queue(Record::Register(id, now))
+            (principal, created, record.map(|r| self.queue(r)))
         };
-        self.durable(rx).await?;
-        Ok(true)
+        if let Some(rx) = rx {
+            self.durable(rx).await?;
+        }
+        Ok((principal, created))
     }
-
     /// Accepts a message: validates it, appends it to `log.txt` and queues it
     /// for its recipient. Returns once it is durable; delivery happens later.
     /// Sender and recipient must both be registered.
-    pub async fn send(&self, req: pb::SendRequest) -> Result<Arc<Message>, ChatError> {
+    pub async fn send(
+        &self,
+        principal: &Principal,
+        req: pb::SendRequest,
+    ) -> Result<Arc<Message>, ChatError> {
         // Validated here, but the IDs the message carries are the registry's
         // own (an Arc clone), not two new allocations per message.
         ClientId::validate(&req.from)?;
         ClientId::validate(&req.to)?;
         let id = MessageId::parse_or_generate(&req.id)?;
         self.inner.limits.check_text(&req.text)?;
+        principal.acting_as(&req.from)?;
         let (message, rx) = {
             let mut st = self.lock();
             if st.shutting_down {
@@ -281,35 +321,38 @@ impl ChatServer {
 
     /// Claims `raw_id` online and returns the session that streams its
     /// mailbox, starting after `after_seq` (or its acknowledged cursor, if
-    /// higher). Registers the ID if it is new.
-    pub async fn connect(&self, raw_id: &str, after_seq: u64) -> Result<Session, ChatError> {
-        let id = ClientId::parse(raw_id)?;
+    /// higher). Registers (claims) the ID if it is new, like [`Self::register`].
+    pub async fn connect(
+        &self,
+        creds: &Credentials,
+        raw_id: &str,
+        after_seq: u64,
+    ) -> Result<Session, ChatError> {
+        ClientId::validate(raw_id)?;
+        let (id, presented) = presented(creds)?;
+        check_same(&id, raw_id)?;
         let (session, rx) = {
             let mut st = self.lock();
             if st.shutting_down {
                 return Err(ChatError::ShuttingDown);
             }
+            let (principal, _, record) = claim(&mut st, id, presented)?;
+            let id = principal.id;
             st.next_session += 1;
             let session_no = st.next_session;
-            let is_new = !st.clients.contains_key(&id);
-            let now = now_ms();
-            let c = st.clients.entry(id.clone()).or_default();
+            let c = st.clients.get_mut(&id).expect("claimed above");
             if c.session.is_some() {
                 return Err(ChatError::AlreadyOnline(id));
-            }
-            if is_new {
-                c.registered_ms = now;
             }
             c.session = Some(session_no);
             let session = Session {
                 server: self.clone(),
-                id: id.clone(),
+                id,
                 session_no,
                 cursor: after_seq.max(c.acked),
                 notify: c.notify.clone(),
             };
-            let rx = is_new.then(|| self.queue(Record::Register(id, now)));
-            (session, rx)
+            (session, record.map(|r| self.queue(r)))
         };
         if let Some(rx) = rx {
             self.durable(rx).await?;
@@ -318,14 +361,27 @@ impl ChatServer {
         Ok(session)
     }
 
-    /// Records that every message up to `up_to_seq` for `raw_id` reached its
-    /// next hop (shown by the client, or confirmed by the broker).
-    pub async fn ack(&self, raw_id: &str, up_to_seq: u64) -> Result<(), ChatError> {
-        let id = ClientId::parse(raw_id)?;
+    /// Records that the client `raw_id` (which must be `principal`) has
+    /// shown every message up to `up_to_seq`.
+    pub async fn ack(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        up_to_seq: u64,
+    ) -> Result<(), ChatError> {
+        principal.acting_as(raw_id)?;
+        self.forwarded(&principal.id, up_to_seq).await
+    }
+
+    /// Records that every message up to `up_to_seq` for `to` reached its
+    /// next hop. For an adapter whose next hop is not the client itself
+    /// (AMQP: the broker confirmed the publish into the client's queue);
+    /// a client's own acknowledgement goes through [`Self::ack`].
+    pub async fn forwarded(&self, to: &ClientId, up_to_seq: u64) -> Result<(), ChatError> {
         let rx = {
             let mut st = self.lock();
-            let Some(c) = st.clients.get_mut(&id) else {
-                return Err(ChatError::UnknownRecipient(id));
+            let Some(c) = st.clients.get_mut(to) else {
+                return Err(ChatError::UnknownRecipient(to.clone()));
             };
             let up_to = up_to_seq.min(c.committed_seq());
             if up_to <= c.acked {
@@ -335,7 +391,7 @@ impl ChatServer {
             while c.mailbox.front().is_some_and(|m| m.seq <= up_to) {
                 c.mailbox.pop_front();
             }
-            self.queue(Record::Ack(id, up_to))
+            self.queue(Record::Ack(to.clone(), up_to))
         };
         self.durable(rx).await
     }
@@ -352,13 +408,17 @@ impl ChatServer {
             .collect()
     }
 
-    /// Every message sent by `raw_id`, oldest first (empty for an unknown ID).
-    pub fn history(&self, raw_id: &str) -> Result<Vec<Arc<Message>>, ChatError> {
-        let id = ClientId::parse(raw_id)?;
+    /// Every message sent by `raw_id` (which must be `principal`), oldest first.
+    pub fn history(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+    ) -> Result<Vec<Arc<Message>>, ChatError> {
+        principal.acting_as(raw_id)?;
         Ok(self
             .lock()
             .clients
-            .get(&id)
+            .get(&principal.id)
             .map(|c| c.history.clone())
             .unwrap_or_default())
     }
@@ -366,16 +426,23 @@ impl ChatServer {
     /// [`Self::history`] as one protobuf reply, refused with
     /// [`ChatError::ReplyTooLarge`] when it would exceed
     /// [`Limits::max_reply_bytes`] (both transports answer it this way).
-    pub fn history_reply(&self, raw_id: &str) -> Result<pb::HistoryReply, ChatError> {
-        let id = ClientId::parse(raw_id)?;
+    pub fn history_reply(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+    ) -> Result<pb::HistoryReply, ChatError> {
         let reply = pb::HistoryReply {
-            messages: self.history(raw_id)?.iter().map(|m| m.to_proto()).collect(),
+            messages: self
+                .history(principal, raw_id)?
+                .iter()
+                .map(|m| m.to_proto())
+                .collect(),
         };
         let bytes = prost::Message::encoded_len(&reply);
         let max = self.inner.limits.max_reply_bytes;
         if bytes > max {
             return Err(ChatError::ReplyTooLarge {
-                id,
+                id: principal.id.clone(),
                 messages: reply.messages.len(),
                 bytes,
                 max,
@@ -401,6 +468,58 @@ impl ChatServer {
             c.notify.notify_one();
         }
     }
+}
+
+/// The ID and the hash of the secret that `creds` present (hashed here,
+/// outside the state lock).
+fn presented(creds: &Credentials) -> Result<(ClientId, SecretHash), ChatError> {
+    if creds.client_id.is_empty() {
+        return Err(ChatError::Unauthenticated(
+            "the request carries no client ID and secret (credentials)".into(),
+        ));
+    }
+    let id = ClientId::parse(&creds.client_id)?;
+    if creds.secret.is_empty() {
+        return Err(ChatError::Unauthenticated(format!(
+            "no secret given for ID {id}; pass --secret (or CHAT_SECRET)"
+        )));
+    }
+    Ok((id, Secret::parse(&creds.secret)?.hash()))
+}
+
+/// A registration must be for the ID the credentials are for.
+fn check_same(id: &ClientId, raw_id: &str) -> Result<(), ChatError> {
+    Principal { id: id.clone() }.acting_as(raw_id)
+}
+
+/// Registers `id` claimed by `presented`, claims it if it was unclaimed, or
+/// verifies the secret. Returns the principal, whether the ID is new, and
+/// the journal record to make durable, if any.
+fn claim(
+    st: &mut State,
+    id: ClientId,
+    presented: SecretHash,
+) -> Result<(Principal, bool, Option<Record>), ChatError> {
+    if let Some((key, c)) = st.clients.get_key_value(&id) {
+        let key = key.clone();
+        return match c.secret {
+            Some(stored) if stored.matches(&presented) => Ok((Principal { id: key }, false, None)),
+            Some(_) => Err(ChatError::WrongSecret(key)),
+            None => {
+                let registered_ms = c.registered_ms;
+                st.clients.get_mut(&key).expect("present").secret = Some(presented);
+                tracing::info!(client = %key, "unclaimed ID claimed with a secret");
+                let record = Record::Register(key.clone(), registered_ms, Some(presented));
+                Ok((Principal { id: key }, false, Some(record)))
+            }
+        };
+    }
+    let now = now_ms();
+    let c = st.clients.entry(id.clone()).or_default();
+    c.registered_ms = now;
+    c.secret = Some(presented);
+    let record = Record::Register(id.clone(), now, Some(presented));
+    Ok((Principal { id }, true, Some(record)))
 }
 
 /// Makes a durable batch visible: messages enter the sender's history and
@@ -534,24 +653,47 @@ mod tests {
         ChatServer::open(ServerConfig::new(dir)).unwrap()
     }
 
+    fn creds(name: &str) -> Credentials {
+        Credentials::new(name, format!("secret-of-{name}"))
+    }
+
+    /// Registers `name` with its test secret; whether it was new.
+    async fn register(s: &ChatServer, name: &str) -> Result<bool, ChatError> {
+        s.register(&creds(name), name).await.map(|(_, new)| new)
+    }
+
+    fn me(s: &ChatServer, name: &str) -> Principal {
+        s.authenticate(&creds(name)).unwrap()
+    }
+
+    async fn send(
+        s: &ChatServer,
+        from: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<Arc<Message>, ChatError> {
+        let p = s.authenticate(&creds(from))?;
+        s.send(&p, send_req(from, to, text)).await
+    }
+
     #[tokio::test]
     async fn replay_restores_registrations_histories_and_unacked_mail() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path()).await;
-            s.register("alice").await.unwrap();
-            assert!(s.register("bob").await.unwrap());
-            assert!(!s.register("bob").await.unwrap(), "resumed, not new");
+            register(&s, "alice").await.unwrap();
+            assert!(register(&s, "bob").await.unwrap());
+            assert!(!register(&s, "bob").await.unwrap(), "resumed, not new");
             for text in ["one", "two", "three"] {
-                s.send(send_req("alice", "bob", text)).await.unwrap();
+                send(&s, "alice", "bob", text).await.unwrap();
             }
-            s.ack("bob", 1).await.unwrap();
+            s.ack(&me(&s, "bob"), "bob", 1).await.unwrap();
         }
         let s = open(dir.path()).await;
         let ids: Vec<_> = s.list().into_iter().map(|c| c.id.to_string()).collect();
         assert_eq!(ids, ["alice", "bob"]);
         let texts: Vec<_> = s
-            .history("alice")
+            .history(&me(&s, "alice"), "alice")
             .unwrap()
             .iter()
             .map(|m| m.text.clone())
@@ -564,11 +706,11 @@ mod tests {
             .collect();
         assert_eq!(pending, [(2, "two".to_owned()), (3, "three".to_owned())]);
 
-        let mut session = s.connect("bob", 0).await.unwrap();
+        let mut session = s.connect(&creds("bob"), "bob", 0).await.unwrap();
         let batch = session.next_batch().await.unwrap();
         assert_eq!(batch.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
         // After a restart, seqs continue where they were.
-        let m = s.send(send_req("alice", "bob", "four")).await.unwrap();
+        let m = send(&s, "alice", "bob", "four").await.unwrap();
         assert_eq!(m.seq, 4);
     }
 
@@ -576,16 +718,16 @@ mod tests {
     async fn messages_share_the_registry_ids() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path()).await;
-        s.register("alice").await.unwrap();
-        s.register("bob").await.unwrap();
-        let m = s.send(send_req("alice", "bob", "hi")).await.unwrap();
+        register(&s, "alice").await.unwrap();
+        register(&s, "bob").await.unwrap();
+        let m = send(&s, "alice", "bob", "hi").await.unwrap();
         let registry = s.list();
         // The same allocation as the registry's key, not an equal copy.
         assert_eq!(m.from.as_str().as_ptr(), registry[0].id.as_str().as_ptr());
         assert_eq!(m.to.as_str().as_ptr(), registry[1].id.as_str().as_ptr());
-        let err = s.send(send_req("alice", "bad id", "hi")).await.unwrap_err();
+        let err = send(&s, "alice", "bad id", "hi").await.unwrap_err();
         assert!(matches!(err, ChatError::InvalidClientId(_)), "{err}");
-        let err = s.send(send_req("alice", "carol", "hi")).await.unwrap_err();
+        let err = send(&s, "alice", "carol", "hi").await.unwrap_err();
         assert!(matches!(err, ChatError::UnknownRecipient(ref id) if id.as_str() == "carol"));
     }
 
@@ -595,15 +737,13 @@ mod tests {
         let journal = dir.path().join(journal::STATE_FILE);
         {
             let s = open(dir.path()).await;
-            s.register("alice").await.unwrap();
-            s.register("bob").await.unwrap();
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
             for i in 1..=10 {
-                s.send(send_req("alice", "bob", &format!("m{i}")))
-                    .await
-                    .unwrap();
-                s.ack("bob", i).await.unwrap();
+                send(&s, "alice", "bob", &format!("m{i}")).await.unwrap();
+                s.ack(&me(&s, "bob"), "bob", i).await.unwrap();
             }
-            s.send(send_req("alice", "bob", "unread")).await.unwrap();
+            send(&s, "alice", "bob", "unread").await.unwrap();
         }
         let before = std::fs::read_to_string(&journal).unwrap();
         assert_eq!(before.lines().count(), 12);
@@ -634,9 +774,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path()).await;
-            s.register("alice").await.unwrap();
-            s.register("bob").await.unwrap();
-            s.send(send_req("alice", "bob", "kept")).await.unwrap();
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
+            send(&s, "alice", "bob", "kept").await.unwrap();
         }
         let log = dir.path().join(journal::LOG_FILE);
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -644,11 +784,11 @@ mod tests {
         drop(f);
 
         let s = open(dir.path()).await;
-        assert_eq!(s.history("alice").unwrap().len(), 1);
+        assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap().len(), 1);
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.ends_with('\n'), "file cut back to the last full line");
-        s.send(send_req("alice", "bob", "next")).await.unwrap();
+        send(&s, "alice", "bob", "next").await.unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
     }
 
@@ -673,27 +813,161 @@ mod tests {
         let mut config = ServerConfig::new(dir.path());
         config.limits.max_pending = 2;
         let s = ChatServer::open(config).unwrap();
-        s.register("alice").await.unwrap();
-        s.register("bob").await.unwrap();
-        let err = s.send(send_req("stranger", "bob", "hi")).await.unwrap_err();
+        register(&s, "alice").await.unwrap();
+        register(&s, "bob").await.unwrap();
+        let err = send(&s, "stranger", "bob", "hi").await.unwrap_err();
         assert!(matches!(err, ChatError::UnknownSender(_)), "{err}");
-        s.send(send_req("alice", "bob", "1")).await.unwrap();
-        s.send(send_req("alice", "bob", "2")).await.unwrap();
-        let err = s.send(send_req("alice", "bob", "3")).await.unwrap_err();
+        send(&s, "alice", "bob", "1").await.unwrap();
+        send(&s, "alice", "bob", "2").await.unwrap();
+        let err = send(&s, "alice", "bob", "3").await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::ResourceExhausted);
-        s.ack("bob", 1).await.unwrap();
-        s.send(send_req("alice", "bob", "3")).await.unwrap();
+        s.ack(&me(&s, "bob"), "bob", 1).await.unwrap();
+        send(&s, "alice", "bob", "3").await.unwrap();
 
-        let session = s.connect("bob", 0).await.unwrap();
+        let session = s.connect(&creds("bob"), "bob", 0).await.unwrap();
         assert!(matches!(
-            s.connect("bob", 0).await,
+            s.connect(&creds("bob"), "bob", 0).await,
             Err(ChatError::AlreadyOnline(_))
         ));
         assert!(matches!(
-            s.register("bob").await,
+            register(&s, "bob").await,
             Err(ChatError::AlreadyOnline(_))
         ));
         drop(session);
-        assert!(s.connect("bob", 0).await.is_ok(), "free again once it left");
+        assert!(
+            s.connect(&creds("bob"), "bob", 0).await.is_ok(),
+            "free again once it left"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_id_is_its_claimers_and_nobody_acts_as_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        register(&s, "alice").await.unwrap();
+        register(&s, "bob").await.unwrap();
+        let thief = Credentials::new("alice", "not-alices-secret");
+        let code = |e: ChatError| e.code();
+
+        let err = s.register(&thief, "alice").await.unwrap_err();
+        assert!(matches!(err, ChatError::WrongSecret(_)), "{err}");
+        assert!(
+            err.to_string().contains("--secret"),
+            "says what to do: {err}"
+        );
+        assert_eq!(
+            code(s.authenticate(&thief).unwrap_err()),
+            ErrorCode::Unauthenticated
+        );
+        let no_secret = Credentials::new("alice", "");
+        assert_eq!(
+            code(s.authenticate(&no_secret).unwrap_err()),
+            ErrorCode::Unauthenticated
+        );
+        let nobody = Credentials::default();
+        assert_eq!(
+            code(s.authenticate(&nobody).unwrap_err()),
+            ErrorCode::Unauthenticated
+        );
+        let err = s.connect(&thief, "alice", 0).await.err().unwrap();
+        assert_eq!(code(err), ErrorCode::Unauthenticated);
+
+        // Bob, authenticated, acting as alice.
+        let bob = me(&s, "bob");
+        let denied = |r: Result<(), ChatError>| {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::PermissionDenied, "{e}");
+        };
+        denied(
+            s.send(&bob, send_req("alice", "bob", "forged"))
+                .await
+                .map(|_| ()),
+        );
+        denied(s.history(&bob, "alice").map(|_| ()));
+        denied(s.ack(&bob, "alice", 1).await);
+        denied(s.connect(&creds("bob"), "alice", 0).await.map(|_| ()));
+        denied(s.register(&creds("bob"), "alice").await.map(|_| ()));
+        // Nothing forged reached anyone.
+        assert!(s.undelivered().is_empty());
+        assert!(s.history(&me(&s, "alice"), "alice").unwrap().is_empty());
+
+        // A new ID claimed through connect (gRPC subscribe) is protected too.
+        let session = s.connect(&creds("carol"), "carol", 0).await.unwrap();
+        drop(session);
+        let err = s
+            .register(&Credentials::new("carol", "guess"), "carol")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChatError::WrongSecret(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn claims_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path()).await;
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
+            send(&s, "alice", "bob", "hi").await.unwrap();
+        }
+        let journal = std::fs::read_to_string(dir.path().join(journal::STATE_FILE)).unwrap();
+        assert!(!journal.contains("secret-of-alice"), "only a hash is kept");
+        let hash = SecretHash::of("secret-of-alice").to_hex();
+        assert!(journal.contains(&format!(" alice {hash}\n")), "{journal}");
+
+        let s = open(dir.path()).await;
+        assert!(
+            !register(&s, "alice").await.unwrap(),
+            "resumed with its secret"
+        );
+        assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap().len(), 1);
+        let err = s
+            .register(&Credentials::new("alice", "wrong"), "alice")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChatError::WrongSecret(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_old_journal_without_hashes_loads_and_the_next_registration_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(journal::STATE_FILE),
+            "register 1764237000000 alice\nregister 1764237000001 bob\nack bob 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(journal::LOG_FILE),
+            "2026-11-27T09:49:12.926Z 01a21c68-b15d-766f-b36a-0eb7b8f799d0 alice -> bob: old\n",
+        )
+        .unwrap();
+        {
+            let s = open(dir.path()).await;
+            assert_eq!(s.list().len(), 2);
+            let err = s.authenticate(&creds("alice")).unwrap_err();
+            assert!(matches!(err, ChatError::Unclaimed(_)), "{err}");
+            assert!(err.to_string().contains("claim"), "{err}");
+            assert!(!register(&s, "alice").await.unwrap(), "claimed, not new");
+            assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap()[0].text, "old");
+        }
+        let s = open(dir.path()).await;
+        let err = s
+            .register(&Credentials::new("alice", "late-comer"), "alice")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChatError::WrongSecret(_)), "{err}");
+        assert!(s.authenticate(&creds("alice")).is_ok());
+        // Bob is still unclaimed, and the registration time was kept.
+        let err = s.authenticate(&creds("bob")).unwrap_err();
+        assert!(matches!(err, ChatError::Unclaimed(_)), "{err}");
+        let journal = std::fs::read_to_string(dir.path().join(journal::STATE_FILE)).unwrap();
+        assert!(
+            journal.starts_with("register 1764237000000 alice "),
+            "{journal}"
+        );
+        assert!(
+            journal.contains("register 1764237000001 bob\n"),
+            "{journal}"
+        );
     }
 }

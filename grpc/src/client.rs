@@ -5,6 +5,10 @@
 //! after the last seq it passed on, and the ack task carries cumulative
 //! acknowledgements to the server (coalesced: one RPC acknowledges every
 //! message shown since the last one).
+//!
+//! Every RPC carries the client's ID and secret as metadata
+//! ([`crate::service::ID_HEADER`], [`crate::service::SECRET_HEADER`]), added
+//! by one interceptor ([`Auth`]), so no call can go out without them.
 
 use std::time::Duration;
 
@@ -12,12 +16,54 @@ use chat_core::backoff::Backoff;
 use chat_core::client::incoming_channel;
 use chat_core::{
     Accepted, AckStream, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, ErrorCode,
-    Incoming, IncomingSink, Message, MessageId,
+    Incoming, IncomingSink, Message, MessageId, Secret,
 };
 use chat_proto::v1 as pb;
-use pb::chat_client::ChatClient as Rpc;
+use pb::chat_client::ChatClient as RpcClient;
 use tonic::Streaming;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::service::{ID_HEADER, SECRET_HEADER};
+
+type Rpc = RpcClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the client's credentials to every request.
+#[derive(Clone)]
+pub struct Auth {
+    id: AsciiMetadataValue,
+    secret: AsciiMetadataValue,
+}
+
+impl Auth {
+    fn new(id: &ClientId, secret: &Secret) -> Result<Self, ClientError> {
+        // IDs and secrets are visible ASCII by construction.
+        let value = |s: &str| {
+            AsciiMetadataValue::try_from(s)
+                .map_err(|e| ClientError::Local(format!("cannot put {s:?} in metadata: {e}")))
+        };
+        let mut secret = value(secret.expose())?;
+        secret.set_sensitive(true);
+        Ok(Self {
+            id: value(id.as_str())?,
+            secret,
+        })
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let m = request.metadata_mut();
+        m.insert(ID_HEADER, self.id.clone());
+        m.insert(SECRET_HEADER, self.secret.clone());
+        Ok(request)
+    }
+}
 
 use crate::status::from_status;
 
@@ -45,7 +91,7 @@ impl GrpcConfig {
 #[derive(Clone)]
 pub struct GrpcClient {
     id: ClientId,
-    rpc: Rpc<Channel>,
+    rpc: Rpc,
     endpoint: String,
 }
 
@@ -58,7 +104,12 @@ impl GrpcClient {
 impl ChatClient for GrpcClient {
     type Config = GrpcConfig;
 
-    async fn connect(config: &GrpcConfig, id: ClientId) -> Result<Self, ClientError> {
+    async fn connect(
+        config: &GrpcConfig,
+        id: ClientId,
+        secret: Secret,
+    ) -> Result<Self, ClientError> {
+        let auth = Auth::new(&id, &secret)?;
         let endpoint = Endpoint::from_shared(config.server.clone())
             .map_err(|e| {
                 ClientError::Local(format!("invalid server URL {:?}: {e}", config.server))
@@ -77,7 +128,7 @@ impl ChatClient for GrpcClient {
             })?;
         Ok(Self {
             id,
-            rpc: Rpc::new(channel),
+            rpc: RpcClient::with_interceptor(channel, auth),
             endpoint: config.server.clone(),
         })
     }
@@ -98,10 +149,10 @@ impl ChatClient for GrpcClient {
         Ok(reply.into_inner().created)
     }
 
-    async fn join(&self) -> Result<Incoming, ClientError> {
+    async fn join_after(&self, after_seq: u64) -> Result<Incoming, ClientError> {
         self.register().await?;
-        let stream = self.subscribe(0).await?;
-        let (sink, incoming, acks) = incoming_channel();
+        let stream = self.subscribe(after_seq).await?;
+        let (sink, incoming, acks) = incoming_channel(after_seq);
         tokio::spawn(self.clone().receive(stream, sink));
         tokio::spawn(self.clone().acknowledge(acks));
         Ok(incoming)

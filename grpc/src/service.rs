@@ -1,6 +1,11 @@
 //! The `chat.v1.Chat` gRPC service over [`ChatServer`], plus health and
 //! reflection, served on a listener the caller bound.
 //!
+//! Identity: every RPC but `ListClients` carries the metadata
+//! [`ID_HEADER`] and [`SECRET_HEADER`]; chat-core checks them
+//! (UNAUTHENTICATED when missing or wrong, PERMISSION_DENIED when the body
+//! names another ID). The check is a SHA-256 of 32-ish bytes per request.
+//!
 //! Receive is server streaming, as in tonic's routeguide example: a spawned
 //! task moves the client's mailbox into a bounded `mpsc`, whose closing tells
 //! us the client went away (its session then ends and it shows offline).
@@ -8,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chat_core::ChatServer;
+use chat_core::{ChatServer, Credentials, Principal};
 use chat_proto::v1 as pb;
 use pb::chat_server::{Chat, ChatServer as ChatService};
 use tokio::net::TcpListener;
@@ -26,6 +31,24 @@ const STREAM_BUFFER: usize = 256;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Metadata key of the client ID a request acts as.
+pub const ID_HEADER: &str = "x-chat-id";
+/// Metadata key of the secret that proves it.
+pub const SECRET_HEADER: &str = "x-chat-secret";
+
+/// The credentials in a request's metadata (empty when absent).
+fn credentials<T>(request: &Request<T>) -> Credentials {
+    let get = |key| {
+        request
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    Credentials::new(get(ID_HEADER), get(SECRET_HEADER))
+}
+
 /// The gRPC face of a [`ChatServer`].
 #[derive(Clone)]
 pub struct GrpcChat {
@@ -36,6 +59,12 @@ impl GrpcChat {
     pub fn new(server: ChatServer) -> Self {
         Self { server }
     }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        self.server
+            .authenticate(&credentials(request))
+            .map_err(to_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -44,8 +73,13 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        let creds = credentials(&request);
         let pb::RegisterRequest { client_id } = request.into_inner();
-        let created = self.server.register(&client_id).await.map_err(to_status)?;
+        let (_, created) = self
+            .server
+            .register(&creds, &client_id)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::RegisterReply { client_id, created }))
     }
 
@@ -53,9 +87,10 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
+        let principal = self.authenticate(&request)?;
         let m = self
             .server
-            .send(request.into_inner())
+            .send(&principal, request.into_inner())
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::SendReply {
@@ -70,13 +105,14 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let creds = credentials(&request);
         let pb::SubscribeRequest {
             client_id,
             after_seq,
         } = request.into_inner();
         let mut session = self
             .server
-            .connect(&client_id, after_seq)
+            .connect(&creds, &client_id, after_seq)
             .await
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -103,12 +139,13 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckReply>, Status> {
+        let principal = self.authenticate(&request)?;
         let pb::AckRequest {
             client_id,
             up_to_seq,
         } = request.into_inner();
         self.server
-            .ack(&client_id, up_to_seq)
+            .ack(&principal, &client_id, up_to_seq)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::AckReply {}))
@@ -126,9 +163,10 @@ impl Chat for GrpcChat {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
+        let principal = self.authenticate(&request)?;
         let reply = self
             .server
-            .history_reply(&request.into_inner().client_id)
+            .history_reply(&principal, &request.into_inner().client_id)
             .map_err(to_status)?;
         Ok(Response::new(reply))
     }

@@ -11,6 +11,8 @@ pub fn to_status(e: ChatError) -> Status {
         ErrorCode::AlreadyExists => Code::AlreadyExists,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     };
     Status::new(code, e.to_string())
@@ -23,6 +25,8 @@ pub fn from_status(status: Status, endpoint: &str) -> ClientError {
         Code::AlreadyExists => ErrorCode::AlreadyExists,
         Code::ResourceExhausted => ErrorCode::ResourceExhausted,
         Code::Internal => ErrorCode::Internal,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+        Code::PermissionDenied => ErrorCode::PermissionDenied,
         // Transport failures (connection refused, reset, server gone) come
         // back as UNAVAILABLE or, mid-stream, as UNKNOWN/CANCELLED.
         Code::Unavailable

@@ -77,44 +77,71 @@ async fn raw(env: &Env<Grpc>) -> pb::chat_client::ChatClient<tonic::transport::C
         .expect("raw gRPC connect")
 }
 
+/// `message` as a request that authenticates as `id` with its test secret.
+fn as_client<T>(id: &str, message: T) -> tonic::Request<T> {
+    with_creds(id, chat_testkit::secret_of(id).expose(), message)
+}
+
+fn with_creds<T>(id: &str, secret: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("x-chat-id", id.parse().unwrap());
+    r.metadata_mut()
+        .insert("x-chat-secret", secret.parse().unwrap());
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_requests_with_invalid_ids_are_refused() {
     let env = Env::<Grpc>::start().await;
     let mut rpc = raw(&env).await;
     for bad in ["", "has space", "x".repeat(33).as_str(), "ünicode", "a/b"] {
         let s = rpc
-            .register(pb::RegisterRequest {
-                client_id: bad.into(),
-            })
+            .register(as_client(
+                "alice",
+                pb::RegisterRequest {
+                    client_id: bad.into(),
+                },
+            ))
             .await
             .expect_err(bad);
         assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}");
         assert!(s.message().contains("invalid client ID"), "{}", s.message());
     }
     let s = rpc
-        .subscribe(pb::SubscribeRequest {
-            client_id: "no good".into(),
-            after_seq: 0,
-        })
+        .subscribe(as_client(
+            "alice",
+            pb::SubscribeRequest {
+                client_id: "no good".into(),
+                after_seq: 0,
+            },
+        ))
         .await
         .expect_err("subscribe");
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
 
-    rpc.register(pb::RegisterRequest {
-        client_id: "bob".into(),
-    })
-    .await
-    .unwrap();
+    for client_id in ["alice", "bob"] {
+        rpc.register(as_client(
+            client_id,
+            pb::RegisterRequest {
+                client_id: client_id.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
     let send = |id: &str, from: &str| pb::SendRequest {
         id: id.into(),
         from: from.into(),
         to: "bob".into(),
         text: "hi".into(),
     };
-    let s = rpc.send(send("", "bad sender")).await.expect_err("sender");
+    let s = rpc
+        .send(as_client("alice", send("", "bad sender")))
+        .await
+        .expect_err("sender");
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     let s = rpc
-        .send(send("not-a-uuid", "alice"))
+        .send(as_client("alice", send("not-a-uuid", "alice")))
         .await
         .expect_err("message id");
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
@@ -127,9 +154,12 @@ async fn a_retried_send_is_accepted_once() {
     let env = Env::<Grpc>::start().await;
     let mut rpc = raw(&env).await;
     for client_id in ["alice", "bob"] {
-        rpc.register(pb::RegisterRequest {
-            client_id: client_id.into(),
-        })
+        rpc.register(as_client(
+            client_id,
+            pb::RegisterRequest {
+                client_id: client_id.into(),
+            },
+        ))
         .await
         .unwrap();
     }
@@ -139,8 +169,16 @@ async fn a_retried_send_is_accepted_once() {
         to: "bob".into(),
         text: "once".into(),
     };
-    let first = rpc.send(request.clone()).await.unwrap().into_inner();
-    let second = rpc.send(request.clone()).await.unwrap().into_inner();
+    let first = rpc
+        .send(as_client("alice", request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = rpc
+        .send(as_client("alice", request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, second);
     assert_eq!(first.id, request.id);
     assert_eq!(env.log_txt().lines().count(), 1);
@@ -150,6 +188,105 @@ async fn a_retried_send_is_accepted_once() {
         "once"
     );
     chat_testkit::env::assert_no_more(&mut incoming, std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_rpcs_need_credentials_and_act_only_as_their_own_id() {
+    use tonic::Code;
+    let env = Env::<Grpc>::start().await;
+    let (_alice, _alice_in) = env.online("alice").await;
+    let bob = env.client("bob").await;
+    bob.register().await.unwrap();
+    let mut rpc = raw(&env).await;
+    let history = |id: &str| pb::HistoryRequest {
+        client_id: id.into(),
+    };
+
+    // No metadata, an empty secret, a wrong one: UNAUTHENTICATED.
+    let s = rpc.history(history("alice")).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    let s = rpc
+        .history(with_creds("alice", "", history("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    let s = rpc
+        .history(with_creds("alice", "guessed", history("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert!(s.message().contains("claimed by another secret"), "{s:?}");
+    let s = rpc
+        .register(with_creds(
+            "alice",
+            "guessed",
+            pb::RegisterRequest {
+                client_id: "alice".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+
+    // Bob, properly authenticated, acting as alice: PERMISSION_DENIED.
+    let s = rpc
+        .send(as_client(
+            "bob",
+            pb::SendRequest {
+                id: String::new(),
+                from: "alice".into(),
+                to: "bob".into(),
+                text: "forged".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = rpc
+        .history(as_client("bob", history("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = rpc
+        .ack(as_client(
+            "bob",
+            pb::AckRequest {
+                client_id: "alice".into(),
+                up_to_seq: 1,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = rpc
+        .subscribe(as_client(
+            "bob",
+            pb::SubscribeRequest {
+                client_id: "alice".into(),
+                after_seq: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = rpc
+        .register(as_client(
+            "bob",
+            pb::RegisterRequest {
+                client_id: "alice".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert_eq!(env.log_txt(), "", "nothing forged was logged");
+
+    // Listing is not acting as anyone: no credentials needed.
+    let list = rpc.list_clients(pb::ListClientsRequest {}).await.unwrap();
+    assert_eq!(list.into_inner().clients.len(), 2);
+    // Bob with his own secret is served.
+    let own = rpc.history(as_client("bob", history("bob"))).await.unwrap();
+    assert!(own.into_inner().messages.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +380,9 @@ async fn unreachable_server_gets_a_clear_error_after_retrying() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
+    let state = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-client"))
+        .env("XDG_STATE_HOME", state.path())
         .args([
             "--server",
             &url,

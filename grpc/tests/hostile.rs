@@ -46,11 +46,15 @@ impl Server {
         }
     }
 
-    async fn client(&self, id: &str) -> GrpcClient {
-        let id = ClientId::parse(id).unwrap();
-        GrpcClient::connect(&GrpcConfig::new(self.url.clone()), id)
-            .await
-            .unwrap()
+    async fn client(&self, raw: &str) -> GrpcClient {
+        let id = ClientId::parse(raw).unwrap();
+        GrpcClient::connect(
+            &GrpcConfig::new(self.url.clone()),
+            id,
+            chat_testkit::secret_of(raw),
+        )
+        .await
+        .unwrap()
     }
 
     async fn raw(&self) -> pb::chat_client::ChatClient<tonic::transport::Channel> {
@@ -92,6 +96,16 @@ fn id(s: &str) -> ClientId {
     ClientId::parse(s).unwrap()
 }
 
+/// `message` as a request that authenticates as `id` with its test secret.
+fn as_client<T>(id: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("x-chat-id", id.parse().unwrap());
+    let secret = chat_testkit::secret_of(id);
+    r.metadata_mut()
+        .insert("x-chat-secret", secret.expose().parse().unwrap());
+    r
+}
+
 /// Bob online and Alice sending to him: the whole service still works.
 async fn assert_still_serving(server: &Server, text: &str) {
     let bob = server.client("bob").await;
@@ -108,9 +122,12 @@ async fn assert_still_serving(server: &Server, text: &str) {
 async fn control_characters_in_ids_are_refused() {
     let server = Server::start(chat_core::limits::DEFAULT_MAX_PENDING).await;
     let mut rpc = server.raw().await;
-    rpc.register(pb::RegisterRequest {
-        client_id: "bob".into(),
-    })
+    rpc.register(as_client(
+        "bob",
+        pb::RegisterRequest {
+            client_id: "bob".into(),
+        },
+    ))
     .await
     .unwrap();
     for bad in [
@@ -129,24 +146,33 @@ async fn control_characters_in_ids_are_refused() {
             assert!(s.message().contains("invalid client ID"), "{s:?}");
         };
         check(
-            rpc.register(pb::RegisterRequest {
-                client_id: bad.into(),
-            })
+            rpc.register(as_client(
+                "bob",
+                pb::RegisterRequest {
+                    client_id: bad.into(),
+                },
+            ))
             .await
             .expect_err(bad),
         );
         check(
-            rpc.subscribe(pb::SubscribeRequest {
-                client_id: bad.into(),
-                after_seq: 0,
-            })
+            rpc.subscribe(as_client(
+                "bob",
+                pb::SubscribeRequest {
+                    client_id: bad.into(),
+                    after_seq: 0,
+                },
+            ))
             .await
             .expect_err(bad),
         );
         check(
-            rpc.history(pb::HistoryRequest {
-                client_id: bad.into(),
-            })
+            rpc.history(as_client(
+                "bob",
+                pb::HistoryRequest {
+                    client_id: bad.into(),
+                },
+            ))
             .await
             .expect_err(bad),
         );
@@ -157,7 +183,7 @@ async fn control_characters_in_ids_are_refused() {
                 to: to.into(),
                 text: "hi".into(),
             };
-            check(rpc.send(send).await.expect_err(bad));
+            check(rpc.send(as_client("bob", send)).await.expect_err(bad));
         }
     }
     let listed = rpc
@@ -181,9 +207,13 @@ async fn thousands_of_registrations_on_one_connection() {
         .map(|i| {
             let mut rpc = rpc.clone();
             async move {
-                rpc.register(pb::RegisterRequest {
-                    client_id: format!("user-{i:04}"),
-                })
+                let user = format!("user-{i:04}");
+                rpc.register(as_client(
+                    &user,
+                    pb::RegisterRequest {
+                        client_id: user.clone(),
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner()

@@ -99,7 +99,9 @@ pub async fn run<C: ChatClient>(
         futures::stream::iter(ids.iter().cloned().enumerate())
             .map(|(i, id)| async move {
                 let t = Instant::now();
-                let client = C::connect(config, id).await?;
+                // A random secret per client, kept in memory: each run uses
+                // IDs of its own, so nothing needs it again.
+                let client = C::connect(config, id, chat_core::Secret::generate()).await?;
                 let incoming = client.join().await?;
                 Ok::<_, chat_core::ClientError>((i, client, incoming, t.elapsed()))
             })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chat_core::client::incoming_channel;
 use chat_core::{
     Accepted, ChatClient, ClientError, ClientId, ClientInfo, Incoming, IncomingSink, Message,
-    MessageId,
+    MessageId, Secret,
 };
 use loadgen::driver::{self, Live, Marks};
 use loadgen::scenario::{Load, Pattern, Point, StackKind};
@@ -87,7 +87,7 @@ impl Hub {
 impl ChatClient for Faulty {
     type Config = Hub;
 
-    async fn connect(hub: &Hub, id: ClientId) -> Result<Self, ClientError> {
+    async fn connect(hub: &Hub, id: ClientId, _secret: Secret) -> Result<Self, ClientError> {
         Ok(Self {
             hub: hub.clone(),
             id,
@@ -102,8 +102,8 @@ impl ChatClient for Faulty {
         Ok(true)
     }
 
-    async fn join(&self) -> Result<Incoming, ClientError> {
-        let (sink, incoming, mut acks) = incoming_channel();
+    async fn join_after(&self, after_seq: u64) -> Result<Incoming, ClientError> {
+        let (sink, incoming, mut acks) = incoming_channel(after_seq);
         tokio::spawn(async move { while acks.recv().await.is_some() {} });
         self.hub.0.lock().unwrap().inboxes.insert(
             self.id.clone(),

@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_core::{ChatClient, ClientId, Incoming, IncomingEvent, Message};
+use chat_core::{ChatClient, ClientId, Incoming, IncomingEvent, Message, Secret};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -134,11 +134,24 @@ impl ServerProcess {
     }
 }
 
+/// The secret test clients (trait and binary) use for `id`, so that a test
+/// can come back as the same client; impostors use [`Env::client_with_secret`].
+/// (Tests also pass invalid IDs; their secret stays valid.)
+pub fn secret_of(id: &str) -> Secret {
+    let id: String = id
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    Secret::parse(&format!("testkit-secret-of-{id}")).expect("valid test secret")
+}
+
 /// A stack, its server process and the server's data directory.
 pub struct Env<S: Stack> {
     pub stack: S,
     pub dir: tempfile::TempDir,
     pub server: Option<ServerProcess>,
+    /// `XDG_STATE_HOME` of the client binaries (their state files).
+    pub client_state: tempfile::TempDir,
 }
 
 impl<S: Stack> Env<S> {
@@ -159,6 +172,7 @@ impl<S: Stack> Env<S> {
             stack,
             dir,
             server: Some(server),
+            client_state: tempfile::tempdir().expect("temp dir"),
         }
     }
 
@@ -176,12 +190,17 @@ impl<S: Stack> Env<S> {
         self.server.take().expect("server running")
     }
 
-    /// A connected (not yet online) trait client.
+    /// A connected (not yet online) trait client, with `id`'s test secret.
     pub async fn client(&self, id: &str) -> S::Client {
+        self.client_with_secret(id, secret_of(id)).await
+    }
+
+    /// A connected trait client that presents `secret` for `id`.
+    pub async fn client_with_secret(&self, id: &str, secret: Secret) -> S::Client {
         let id = ClientId::parse(id).expect("valid test id");
         tokio::time::timeout(
             PATIENCE,
-            S::Client::connect(&self.stack.client_config(), id),
+            S::Client::connect(&self.stack.client_config(), id, secret),
         )
         .await
         .expect("connect in time")
@@ -202,12 +221,23 @@ impl<S: Stack> Env<S> {
         std::fs::read_to_string(self.dir.path().join("log.txt")).unwrap_or_default()
     }
 
-    /// The client binary with this stack's connection arguments.
+    /// The client binary with this stack's connection arguments, `id`'s
+    /// test secret and a state directory of this environment's own.
     pub fn cli(&self, id: &str) -> Command {
+        let mut cmd = self.cli_without_secret(id);
+        cmd.env("CHAT_SECRET", secret_of(id).expose());
+        cmd
+    }
+
+    /// [`Self::cli`] without `CHAT_SECRET`: the binary generates a secret
+    /// and keeps it in its state file.
+    pub fn cli_without_secret(&self, id: &str) -> Command {
         let mut cmd = Command::new(self.stack.client_bin());
         cmd.args(self.stack.client_args())
             .args(["--id", id])
             .envs(self.stack.client_env())
+            .env("XDG_STATE_HOME", self.client_state.path())
+            .env_remove("CHAT_SECRET")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -11,7 +11,7 @@
 pub mod env;
 pub mod scenarios;
 
-pub use env::{Env, ServerProcess, Stack};
+pub use env::{Env, ServerProcess, Stack, secret_of};
 
 /// Generous upper bound for anything that should happen "soon" (a server
 /// starting, a message arriving, a client reconnecting) on a loaded 2-core
@@ -38,6 +38,8 @@ macro_rules! chat_scenarios {
             cli_one_shot_commands_and_json,
             cli_errors_are_one_line_with_exit_codes,
             cli_keeps_listening_across_a_server_crash,
+            impostors_are_refused_and_claims_survive_a_restart,
+            cli_keeps_its_secret_and_never_shows_a_message_twice,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

@@ -187,14 +187,10 @@ pub async fn history_is_own_messages_oldest_first<S: Stack>() {
         .map(|m| m.text)
         .collect();
     assert_eq!(texts, ["b1"]);
-    assert!(
-        env.client("nobody")
-            .await
-            .history()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // An ID nobody registered has no history, and no claim to prove.
+    let e = env.client("nobody").await.history().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("register first"), "{e}");
 }
 
 /// A history too large for one reply is refused with RESOURCE_EXHAUSTED and
@@ -606,4 +602,184 @@ pub async fn cli_keeps_listening_across_a_server_crash<S: Stack>() {
         .map(|e| e["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(texts, ["before the crash", "after the crash"]);
+}
+
+/// Expects a refusal with `code`.
+fn refused<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, chat_core::ClientError>,
+    code: ErrorCode,
+) -> chat_core::ClientError {
+    let e = r.expect_err(what);
+    assert_eq!(e.code(), Some(code), "{what}: {e}");
+    e
+}
+
+pub async fn impostors_are_refused_and_claims_survive_a_restart<S: Stack>() {
+    let mut env = Env::<S>::start().await;
+    let (alice, alice_in) = env.online("alice").await;
+    register_offline(&env, "bob").await;
+    alice.send(&id("bob"), "really alice").await.unwrap();
+
+    // Someone who knows the ID but not the secret gets nowhere.
+    let guessed = chat_core::Secret::parse("guessed").unwrap();
+    let impostor = env.client_with_secret("alice", guessed.clone()).await;
+    let e = refused(
+        "register",
+        impostor.register().await,
+        ErrorCode::Unauthenticated,
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("claimed by another secret") && msg.contains("--secret"),
+        "{msg}"
+    );
+    refused("join", impostor.join().await, ErrorCode::Unauthenticated);
+    refused(
+        "send",
+        impostor.send(&id("bob"), "forged").await,
+        ErrorCode::Unauthenticated,
+    );
+    refused(
+        "history",
+        impostor.history().await,
+        ErrorCode::Unauthenticated,
+    );
+    // Nor can anyone take over bob, offline and claimed.
+    let squatter = env.client_with_secret("bob", guessed.clone()).await;
+    refused(
+        "join bob",
+        squatter.join().await,
+        ErrorCode::Unauthenticated,
+    );
+
+    alice_in.close().await;
+    env.take_server().kill9().await;
+    env.restart().await;
+
+    // The claims were on disk: the right secrets work, the wrong one not.
+    let impostor = env.client_with_secret("alice", guessed).await;
+    refused(
+        "register after restart",
+        impostor.register().await,
+        ErrorCode::Unauthenticated,
+    );
+    let (alice, _alice_in) = online_when_free(&env, "alice").await;
+    let history = alice.history().await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].text, "really alice");
+    let (_bob, mut bob_in) = online_when_free(&env, "bob").await;
+    let got = recv_n(&mut bob_in, 1).await;
+    assert_eq!(got[0].text, "really alice");
+    assert_no_more(&mut bob_in, QUIET).await;
+    assert_eq!(
+        env.log_txt().lines().count(),
+        1,
+        "nothing forged was logged"
+    );
+}
+
+/// The state file the client binary keeps for `id` in this environment.
+fn state_file_of<S: Stack>(env: &Env<S>, id: &str) -> std::path::PathBuf {
+    let dir = env.client_state.path().join("chatbench");
+    let suffix = format!("--{id}.json");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no state file for {id} in {}", dir.display()))
+}
+
+fn texts_shown(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub async fn cli_keeps_its_secret_and_never_shows_a_message_twice<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let alice = registered(&env, "alice").await;
+
+    // No --secret: one is generated, kept (0600) and used again next time.
+    let listen = |count: &'static str| {
+        let cmd = env
+            .cli_without_secret("dave")
+            .args(["--json", "listen", "--count", count, "--timeout", "60"])
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(PATIENCE, cmd.wait_with_output())
+    };
+    let first = tokio::spawn(listen("1"));
+    eventually("dave is online", || async {
+        info(&alice.list_clients().await.unwrap()).contains(&("dave".into(), true))
+    })
+    .await;
+    alice.send(&id("dave"), "one").await.unwrap();
+    let out = first.await.unwrap().expect("in time").unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(texts_shown(&out), ["one"]);
+
+    let path = state_file_of(&env, "dave");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let secret = state["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_owned();
+    assert_eq!(secret.len(), 64);
+    assert_eq!(state["last_shown_seq"], 1);
+
+    // Anyone else (here: another secret) is refused with advice.
+    let out = env.run_cli("dave", &["history"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("claimed by another secret") && stderr.contains("--secret"),
+        "{stderr}"
+    );
+    let dave = env
+        .client_with_secret("dave", chat_core::Secret::parse(&secret).unwrap())
+        .await;
+    assert_eq!(
+        dave.history().await.unwrap().len(),
+        0,
+        "the kept secret is dave's"
+    );
+    drop(dave);
+
+    // "two" is shown, and the client dies before its ack reaches the
+    // server: that is the state file saying seq 2 while the server still
+    // holds "two" unacknowledged (the CLI writes the file before it acks).
+    alice.send(&id("dave"), "two").await.unwrap();
+    state["last_shown_seq"] = 2.into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    alice.send(&id("dave"), "three").await.unwrap();
+
+    let out = listen("1").await.expect("in time").unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(texts_shown(&out), ["three"], "two was shown already");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["last_shown_seq"], 3);
+    assert_eq!(
+        state["secret"],
+        secret.as_str(),
+        "the same secret throughout"
+    );
 }

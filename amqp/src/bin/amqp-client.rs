@@ -27,5 +27,8 @@ async fn main() -> ExitCode {
     chat_core::telemetry::init("warn,lapin=off");
     let endpoint = chat_amqp::server::redact(&args.broker.amqp_url);
     let config = args.broker.config();
-    cli::run::<AmqpClient>(config, endpoint, args.client).await
+    // One state file per broker and namespace: two chats on one broker are
+    // two different servers.
+    let state_key = format!("{endpoint}#{}", config.namespace);
+    cli::run::<AmqpClient>(config, endpoint, state_key, args.client).await
 }

@@ -37,6 +37,9 @@ pub struct Namespace {
     pub name: String,
     pub url: String,
     clients: Mutex<Vec<String>>,
+    /// `XDG_STATE_HOME` for client binaries (their state files), so tests
+    /// never write into the user's own state directory.
+    pub state_dir: tempfile::TempDir,
 }
 
 impl Namespace {
@@ -46,6 +49,7 @@ impl Namespace {
             name: format!("test-{}", &tail[..12]),
             url: amqp_url(),
             clients: Mutex::new(Vec::new()),
+            state_dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
@@ -80,7 +84,9 @@ impl Namespace {
 
     pub async fn client_with(&self, raw: &str, config: &AmqpConfig) -> AmqpClient {
         self.track(raw);
-        AmqpClient::connect(config, id(raw)).await.unwrap()
+        AmqpClient::connect(config, id(raw), chat_testkit::secret_of(raw))
+            .await
+            .unwrap()
     }
 
     pub fn queue(&self, suffix: &str) -> String {

@@ -141,8 +141,25 @@ pub fn error_of(reply: &pb::Reply) -> (ErrorCode, &str) {
     }
 }
 
+/// A request acting as the ID its body names (`send.from`, `register` or
+/// `history`'s `client_id`), with that ID's test secret, as a well-behaved
+/// client would send it; `list_clients` carries no credentials.
 pub fn request(body: pb::request::Body) -> Vec<u8> {
-    pb::Request { body: Some(body) }.encode_to_vec()
+    let acting_as = match &body {
+        pb::request::Body::Send(s) => Some(s.from.clone()),
+        pb::request::Body::Register(r) => Some(r.client_id.clone()),
+        pb::request::Body::History(h) => Some(h.client_id.clone()),
+        pb::request::Body::ListClients(_) => None,
+    };
+    let auth = acting_as.map(|id| pb::Auth {
+        secret: chat_testkit::secret_of(&id).expose().to_owned(),
+        client_id: id,
+    });
+    pb::Request {
+        body: Some(body),
+        auth,
+    }
+    .encode_to_vec()
 }
 
 pub fn send(from: &str, to: &str, text: &str) -> pb::request::Body {

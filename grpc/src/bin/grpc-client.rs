@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
     chat_core::telemetry::init("warn");
     cli::run::<GrpcClient>(
         GrpcConfig::new(args.server.clone()),
+        args.server.clone(),
         args.server,
         args.client,
     )

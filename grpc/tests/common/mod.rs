@@ -128,7 +128,7 @@ impl Decoder for RawDecoder {
 pub async fn raw_unary(env: &Env<Grpc>, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
     let mut grpc = raw_channel(env).await;
     let path = PathAndQuery::try_from(format!("/chat.v1.Chat/{method}")).unwrap();
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
+    grpc.unary(as_carol(body), path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
 }
@@ -141,9 +141,23 @@ pub async fn raw_streaming(
 ) -> Result<Streaming<Vec<u8>>, Status> {
     let mut grpc = raw_channel(env).await;
     let path = PathAndQuery::try_from(format!("/chat.v1.Chat/{method}")).unwrap();
-    grpc.server_streaming(tonic::Request::new(body), path, RawCodec)
+    grpc.server_streaming(as_carol(body), path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// `body` with carol's credentials, so that what the server answers is
+/// about the body, not about a missing identity.
+fn as_carol(body: Vec<u8>) -> tonic::Request<Vec<u8>> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert(chat_grpc::service::ID_HEADER, "carol".parse().unwrap());
+    let secret = chat_testkit::secret_of("carol");
+    r.metadata_mut().insert(
+        chat_grpc::service::SECRET_HEADER,
+        secret.expose().parse().unwrap(),
+    );
+    r
 }
 
 async fn raw_channel(env: &Env<Grpc>) -> tonic::client::Grpc<tonic::transport::Channel> {
