@@ -10,66 +10,31 @@ mod raw;
 use std::time::Duration;
 
 use chat_amqp::topology::{CLIENT_PREFETCH, Names};
-use chat_core::{ChatClient, ChatServer, ErrorCode, ServerConfig};
+use chat_core::{ChatClient, ErrorCode};
 use chat_proto::v1 as pb;
+use chat_testkit::InProcess;
 use common::*;
 use raw::{RawPeer, error_of, request, send};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// An AMQP server in this process, with a handle on its chat state.
-struct Server {
-    chat: ChatServer,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), chat_amqp::AmqpError>>>,
-}
+struct Server(InProcess<chat_amqp::AmqpError>);
 
 impl Server {
     async fn start(ns: &Namespace, max_pending: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig::new(dir.path());
-        config.limits.max_pending = max_pending;
-        let chat = ChatServer::open(config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_amqp::run(ns.config(), chat.clone(), async {
-            let _ = stopped.await;
-        }));
+        let config = ns.config();
+        let server = InProcess::start(max_pending, |chat, shutdown| {
+            chat_amqp::run(config, chat, shutdown)
+        });
         wait_healthy(&ns.config()).await;
-        Self {
-            chat,
-            _dir: dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self(server)
     }
 
-    /// Messages the server holds for `id` that the broker has not confirmed.
     fn held_for(&self, id: &str) -> usize {
-        self.chat
-            .undelivered()
-            .iter()
-            .filter(|m| m.to.as_str() == id)
-            .count()
+        self.0.held_for(id)
     }
 
-    /// Stops the server; it must end cleanly (it did not crash).
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(WAIT, task)
-            .await
-            .expect("server stops")
-            .expect("server task did not panic")
-            .expect("server ended without error");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 

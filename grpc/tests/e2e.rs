@@ -2,72 +2,14 @@
 //! plus what only gRPC has: raw-RPC validation, garbage on the port,
 //! health, reflection.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Mutex;
-
 use chat_core::ChatClient as _;
-use chat_grpc::{GrpcClient, GrpcConfig};
 use chat_proto::v1 as pb;
-use chat_testkit::{Env, Stack};
+use chat_testkit::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The gRPC stack: a `grpc-server` on 127.0.0.1:0 whose port is read from
-/// its "listening on" log line and kept for restarts.
-struct Grpc {
-    addr: Mutex<Option<SocketAddr>>,
-}
+mod common;
 
-impl Grpc {
-    fn url(&self) -> String {
-        let addr = self.addr.lock().unwrap().expect("server started");
-        format!("http://{addr}")
-    }
-}
-
-impl Stack for Grpc {
-    type Client = GrpcClient;
-
-    async fn new() -> Self {
-        Self {
-            addr: Mutex::new(None),
-        }
-    }
-
-    fn server_bin(&self) -> PathBuf {
-        env!("CARGO_BIN_EXE_grpc-server").into()
-    }
-
-    fn server_args(&self) -> Vec<String> {
-        let listen = self
-            .addr
-            .lock()
-            .unwrap()
-            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
-        vec!["--listen".into(), listen]
-    }
-
-    fn server_ready(&self, line: &str) -> bool {
-        let Some(addr) = line.split("listening on ").nth(1) else {
-            return false;
-        };
-        let addr: SocketAddr = addr.trim().parse().expect("listen address");
-        *self.addr.lock().unwrap() = Some(addr);
-        true
-    }
-
-    fn client_bin(&self) -> PathBuf {
-        env!("CARGO_BIN_EXE_grpc-client").into()
-    }
-
-    fn client_args(&self) -> Vec<String> {
-        vec!["--server".into(), self.url()]
-    }
-
-    fn client_config(&self) -> GrpcConfig {
-        GrpcConfig::new(self.url())
-    }
-}
+use common::Grpc;
 
 chat_testkit::chat_scenarios!(Grpc);
 

@@ -6,44 +6,28 @@
 
 use std::time::Duration;
 
-use chat_core::{ChatClient, ChatServer, ClientId, ErrorCode, ServerConfig};
+use chat_core::{ChatClient, ClientId, ErrorCode};
 use chat_grpc::{GrpcClient, GrpcConfig};
 use chat_proto::v1 as pb;
-use chat_testkit::PATIENCE;
+use chat_testkit::InProcess;
 use chat_testkit::env::{assert_no_more, eventually, recv_n};
 use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A gRPC server in this process, so the test can look at its state.
 struct Server {
     url: String,
-    chat: ChatServer,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), chat_grpc::service::ServeError>>>,
+    inner: InProcess<chat_grpc::service::ServeError>,
 }
 
 impl Server {
     async fn start(max_pending: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig::new(dir.path());
-        config.limits.max_pending = max_pending;
-        let chat = ChatServer::open(config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_grpc::run(listener, chat.clone(), async {
-            let _ = stopped.await;
-        }));
-        Self {
-            url,
-            chat,
-            _dir: dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let inner = InProcess::start(max_pending, |chat, shutdown| {
+            chat_grpc::run(listener, chat, shutdown)
+        });
+        Self { url, inner }
     }
 
     async fn client(&self, raw: &str) -> GrpcClient {
@@ -63,32 +47,12 @@ impl Server {
             .unwrap()
     }
 
-    /// Messages the server holds for `id` that have not reached it yet.
     fn held_for(&self, id: &str) -> usize {
-        self.chat
-            .undelivered()
-            .iter()
-            .filter(|m| m.to.as_str() == id)
-            .count()
+        self.inner.held_for(id)
     }
 
-    /// Stops the server; it must end cleanly (it did not crash).
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("server stops")
-            .expect("server task did not panic")
-            .expect("server ended without error");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 }
 

@@ -9,9 +9,11 @@
 //! features on both stacks" is proven by the same test code.
 
 pub mod env;
+pub mod in_process;
 pub mod scenarios;
 
 pub use env::{Env, ServerProcess, Stack, secret_of};
+pub use in_process::InProcess;
 
 /// Generous upper bound for anything that should happen "soon" (a server
 /// starting, a message arriving, a client reconnecting) on a loaded 2-core

@@ -1,8 +1,7 @@
-//! Fixtures of the gRPC tests outside the shared scenarios: the gRPC
-//! [`Stack`] (a real `grpc-server` on 127.0.0.1:0) and a raw gRPC caller
-//! that sends hand-made bytes as a request body.
-//!
-//! `tests/e2e.rs` has its own copy of the stack, from before this module.
+//! Fixtures of the gRPC tests: the gRPC [`Stack`] (a real `grpc-server` on
+//! 127.0.0.1:0) that the shared scenarios and the gRPC-only tests run
+//! against, and a raw gRPC caller that sends hand-made bytes as a request
+//! body.
 
 #![allow(dead_code)]
 
