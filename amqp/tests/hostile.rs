@@ -190,6 +190,10 @@ async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
     }
     assert_eq!(recv_n(&mut dave_in, 20).await.len(), 20);
     assert_eq!(recv_n(&mut carol_in, 20).await.len(), 20);
+    // Offline before the namespace is deleted: a consumer cancelled by
+    // the deletion would reconnect and declare its queue again (a leak).
+    dave_in.close().await;
+    carol_in.close().await;
 
     // The slow one reads at last: everything accepted, in order, once.
     let got = recv_n(&mut slow_in, accepted.len()).await;

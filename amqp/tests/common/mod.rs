@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_amqp::{AmqpClient, AmqpConfig};
-use chat_core::{ChatClient, ChatServer, ClientId, IncomingEvent, Message, ServerConfig};
+use chat_core::{ChatClient, ClientId, IncomingEvent, Message};
+use chat_testkit::InProcess;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -115,50 +116,23 @@ impl Drop for Namespace {
     }
 }
 
-/// The server inside the test process.
-pub struct InProcessServer {
-    pub data_dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+/// An AMQP server in this process (testkit's [`InProcess`] harness).
+pub struct InProcessServer(InProcess<chat_amqp::AmqpError>);
 
 impl InProcessServer {
     pub async fn start(config: AmqpConfig) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             chat_core::telemetry::init("info");
         }
-        let data_dir = tempfile::tempdir().unwrap();
-        let server = ChatServer::open(ServerConfig::new(data_dir.path())).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            chat_amqp::run(config, server, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self {
-            data_dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self(InProcess::start(
+            chat_core::limits::DEFAULT_MAX_PENDING,
+            |chat, shutdown| chat_amqp::run(config, chat, shutdown),
+        ))
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for InProcessServer {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+    /// Stops the server; it must end cleanly.
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
