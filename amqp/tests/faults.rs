@@ -3,6 +3,7 @@
 //! server that starts before its broker is reachable.
 
 mod common;
+mod raw;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,93 +11,9 @@ use std::time::Duration;
 use chat_core::{ChatClient, ConnectionState, IncomingEvent};
 use chat_proto::v1 as pb;
 use common::*;
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use prost::Message as _;
-
-/// A raw AMQP peer: publishes anything to the server queue and reads the
-/// replies, as a buggy or hostile client would.
-struct RawPeer {
-    conn: Connection,
-    ch: lapin::Channel,
-    reply_queue: String,
-    replies: lapin::Consumer,
-}
-
-impl RawPeer {
-    async fn new(url: &str) -> Self {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let replies = ch
-            .basic_consume(
-                q.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Self {
-            conn,
-            ch,
-            reply_queue: q.name().to_string(),
-            replies,
-        }
-    }
-
-    async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) {
-        self.ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Publishes with reply_to/correlation_id and returns the decoded reply.
-    async fn ask(&mut self, queue: &str, body: &[u8], kind: Option<&str>) -> pb::Reply {
-        let corr = uuid::Uuid::new_v4().to_string();
-        let mut props = BasicProperties::default()
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_correlation_id(corr.as_str().into());
-        if let Some(k) = kind {
-            props = props.with_type(k.into());
-        }
-        self.publish(queue, body, props).await;
-        let d = tokio::time::timeout(WAIT, self.replies.next())
-            .await
-            .expect("no reply")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            d.properties.correlation_id().as_ref().map(|c| c.as_str()),
-            Some(corr.as_str())
-        );
-        pb::Reply::decode(d.data.as_slice()).unwrap()
-    }
-}
+use raw::RawPeer;
 
 fn error_code(reply: &pb::Reply) -> pb::ErrorCode {
     match &reply.body {
@@ -135,8 +52,7 @@ async fn requests_need_credentials_and_act_only_as_their_own_id() {
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.registered("alice").await;
     let _bob = ns.registered("bob").await;
-    let mut peer = RawPeer::new(&ns.url).await;
-    let q = ns.queue("server");
+    let mut peer = RawPeer::connect(&ns).await;
     let bob_secret = chat_testkit::secret_of("bob");
     let as_bob = Some(("bob", bob_secret.expose()));
     let send = || {
@@ -200,13 +116,12 @@ async fn requests_need_credentials_and_act_only_as_their_own_id() {
         ),
     ];
     for (what, body, code) in cases {
-        let r = peer.ask(&q, &body, None).await;
+        let r = peer.ask(&body, None).await;
         assert_eq!(error_code(&r), code, "{what}: {r:?}");
     }
     // Listing acts as nobody; alice with her own secret is served.
     let r = peer
         .ask(
-            &q,
             &request_with(
                 pb::request::Body::ListClients(pb::ListClientsRequest {}),
                 None,
@@ -230,29 +145,26 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
     let server = InProcessServer::start(ns.config()).await;
     // The raw peer does not declare the request queue: wait for the server's.
     wait_healthy(&ns.config()).await;
-    let mut peer = RawPeer::new(&ns.url).await;
-    let q = ns.queue("server");
+    let mut peer = RawPeer::connect(&ns).await;
 
     // Garbage bytes, a wrong message type, a request without a body.
     let garbage = [0xff, 0xfe, 0x00, 0x13, 0x37, 0xde, 0xad];
-    let r = peer.ask(&q, &garbage, None).await;
+    let r = peer.ask(&garbage, None).await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     let r = peer
         .ask(
-            &q,
             &request(pb::request::Body::ListClients(pb::ListClientsRequest {})),
             Some("text/plain"),
         )
         .await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     let r = peer
-        .ask(&q, &pb::Request::default().encode_to_vec(), None)
+        .ask(&pb::Request::default().encode_to_vec(), None)
         .await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     // Missing and invalid fields: a clear refusal, not a dead letter.
     let r = peer
         .ask(
-            &q,
             &request(pb::request::Body::Register(pb::RegisterRequest {
                 client_id: "alice".into(),
             })),
@@ -271,19 +183,16 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
             text: "hi".into(),
         }))
     };
-    let r = peer.ask(&q, &send("", "bob", ""), None).await;
+    let r = peer.ask(&send("", "bob", ""), None).await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
-    let r = peer.ask(&q, &send("not valid!", "bob", ""), None).await;
+    let r = peer.ask(&send("not valid!", "bob", ""), None).await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
-    let r = peer
-        .ask(&q, &send("alice", "bob", "not-a-uuid"), None)
-        .await;
+    let r = peer.ask(&send("alice", "bob", "not-a-uuid"), None).await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
-    let r = peer.ask(&q, &send("alice", "nobody", ""), None).await;
+    let r = peer.ask(&send("alice", "nobody", ""), None).await;
     assert_eq!(error_code(&r), pb::ErrorCode::NotFound);
     let r = peer
         .ask(
-            &q,
             &request(pb::request::Body::Register(pb::RegisterRequest {
                 client_id: "a b".into(),
             })),
@@ -292,7 +201,7 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
         .await;
     assert_eq!(error_code(&r), pb::ErrorCode::InvalidArgument);
     // Garbage with nowhere to answer: only logged and dead-lettered.
-    peer.publish(&q, b"\x08\x96\x01 no reply_to", BasicProperties::default())
+    peer.publish(b"\x08\x96\x01 no reply_to", BasicProperties::default())
         .await;
 
     // The server is still serving everyone else.
@@ -304,32 +213,16 @@ async fn poison_requests_are_answered_dead_lettered_and_never_loop() {
 
     // Nothing is left to loop on the request queue; the four undecodable
     // requests are in the dead-letter queue.
-    let counts = |name: String| {
-        let ch = peer.ch.clone();
-        async move {
-            ch.queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
-        }
-    };
     tokio::time::timeout(WAIT, async {
-        while counts(ns.queue("dead")).await < 4 {
+        while peer.depth(&ns.queue("dead")).await < 4 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("poison requests were not dead-lettered");
-    assert_eq!(counts(ns.queue("dead")).await, 4);
-    assert_eq!(counts(ns.queue("server")).await, 0);
-    let _ = peer.conn.close(200, "done".into()).await;
+    assert_eq!(peer.depth(&ns.queue("dead")).await, 4);
+    assert_eq!(peer.depth(&ns.queue("server")).await, 0);
+    peer.close().await;
     server.stop().await;
 }
 
@@ -565,19 +458,19 @@ async fn a_repeated_send_is_accepted_once() {
     wait_healthy(&ns.config()).await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
-    let mut peer = RawPeer::new(&ns.url).await;
+    let mut peer = RawPeer::connect(&ns).await;
     let register = request(pb::request::Body::Register(pb::RegisterRequest {
         client_id: "alice".into(),
     }));
-    peer.ask(&ns.queue("server"), &register, None).await;
+    peer.ask(&register, None).await;
     let body = request(pb::request::Body::Send(pb::SendRequest {
         id: uuid::Uuid::now_v7().to_string(),
         from: "alice".into(),
         to: "bob".into(),
         text: "once".into(),
     }));
-    let first = peer.ask(&ns.queue("server"), &body, None).await;
-    let again = peer.ask(&ns.queue("server"), &body, None).await;
+    let first = peer.ask(&body, None).await;
+    let again = peer.ask(&body, None).await;
     assert!(
         matches!(first.body, Some(pb::reply::Body::Send(_))),
         "{first:?}"
@@ -585,7 +478,7 @@ async fn a_repeated_send_is_accepted_once() {
     assert_eq!(first, again, "same id, same answer");
     assert_eq!(recv_n(&mut b_in, 1).await[0].text, "once");
     assert_quiet(&mut b_in, Duration::from_millis(500)).await;
-    let _ = peer.conn.close(200, "done".into()).await;
+    peer.close().await;
     server.stop().await;
 }
 
@@ -596,8 +489,8 @@ async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
     let alice = ns.registered("alice").await;
     let bob = ns.client("bob").await;
     let mut b_in = bob.join().await.unwrap();
-    let peer = RawPeer::new(&ns.url).await;
-    peer.publish(
+    let peer = RawPeer::connect(&ns).await;
+    peer.publish_to(
         &ns.queue("client.bob"),
         b"\xff\x00 not a ChatMessage",
         BasicProperties::default(),
@@ -605,7 +498,7 @@ async fn garbage_in_a_client_queue_is_dropped_and_the_stream_goes_on() {
     .await;
     alice.send(&id("bob"), "real").await.unwrap();
     assert_eq!(recv_n(&mut b_in, 1).await[0].text, "real");
-    let _ = peer.conn.close(200, "done".into()).await;
+    peer.close().await;
     server.stop().await;
 }
 

@@ -67,16 +67,39 @@ impl RawPeer {
 
     /// Publishes `body` to `<ns>.server` with `props`.
     pub async fn publish(&self, body: &[u8], props: BasicProperties) {
+        self.publish_to(&self.server_queue, body, props).await;
+    }
+
+    /// Publishes `body` straight into `queue` through the default exchange.
+    pub async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) {
         self.ch
             .basic_publish(
                 "".into(),
-                self.server_queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 body,
                 props,
             )
             .await
             .unwrap();
+    }
+
+    /// Publishes `body` to `<ns>.server` with our reply queue, a fresh
+    /// correlation ID and the AMQP `type` `kind` (none: no type at all),
+    /// and returns the server's reply.
+    pub async fn ask(&mut self, body: &[u8], kind: Option<&str>) -> pb::Reply {
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let mut props = BasicProperties::default()
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(correlation.as_str().into());
+        if let Some(k) = kind {
+            props = props.with_type(k.into());
+        }
+        self.publish(body, props).await;
+        self.replies(&[&correlation])
+            .await
+            .remove(&correlation)
+            .expect("the reply")
     }
 
     /// Request properties with our reply queue and `correlation`.
