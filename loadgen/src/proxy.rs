@@ -142,8 +142,8 @@ async fn pump(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn forwards_then_cuts_then_refuses_for_a_while() {
+    /// A TCP echo server on 127.0.0.1:0; returns its address.
+    async fn echo_server() -> String {
         let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = echo.local_addr().unwrap().to_string();
         tokio::spawn(async move {
@@ -154,6 +154,12 @@ mod tests {
                 });
             }
         });
+        upstream
+    }
+
+    #[tokio::test]
+    async fn forwards_then_cuts_then_refuses_for_a_while() {
+        let upstream = echo_server().await;
         let proxy = Proxy::start(upstream).await.unwrap();
         let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
         c.write_all(b"ping").await.unwrap();
@@ -180,16 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freeze_holds_bytes_without_closing_then_lets_them_through() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = echo.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let upstream = echo_server().await;
         let proxy = Arc::new(Proxy::start(upstream).await.unwrap());
         let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
         let mut buf = [0u8; 4];
