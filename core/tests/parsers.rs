@@ -4,22 +4,13 @@
 //! Case counts are bounded (see `config`) so that `cargo test` stays fast;
 //! `PROPTEST_CASES` raises them for a longer hunt.
 
+mod common;
+
 use chat_core::cli::{LineCommand, parse_input};
 use chat_core::log_line::{LineError, parse_line, write_line};
 use chat_core::{ClientId, Message, MessageId};
+use common::config;
 use proptest::prelude::*;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(cases),
-        // Regressions found are fixed with a named test, not a seed file.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Characters that stress the escaping: backslash, every control, the
 /// letters of the escapes, the field separators, and multi-byte neighbours

@@ -7,23 +7,15 @@
 //! Each case touches real files, so the case counts are lower than for the
 //! pure parsers; `PROPTEST_CASES` raises them.
 
+mod common;
+
+use common::config;
 use std::path::Path;
 
 use chat_core::journal::{self, LOG_FILE, STATE_FILE};
 use chat_core::log_line::write_line;
 use chat_core::{ChatServer, ClientId, Message, MessageId, ServerConfig};
 use proptest::prelude::*;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn client_id() -> impl Strategy<Value = ClientId> {
     // Few distinct IDs, so that messages, registrations and acks meet.
