@@ -659,19 +659,17 @@ impl ChatClient for AmqpClient {
     }
 
     async fn history(&self) -> Result<Vec<Message>, ClientError> {
-        match self
-            .shared
-            .request(pb::request::Body::History(pb::HistoryRequest {
+        chat_core::client::all_history_pages(|after| async move {
+            let body = pb::request::Body::History(pb::HistoryRequest {
                 client_id: self.shared.id.to_string(),
-            }))
-            .await?
-        {
-            pb::reply::Body::History(r) => r
-                .messages
-                .into_iter()
-                .map(|m| Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string())))
-                .collect(),
-            other => Err(unexpected(other)),
-        }
+                after,
+                limit: 0,
+            });
+            match self.shared.request(body).await? {
+                pb::reply::Body::History(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
     }
 }

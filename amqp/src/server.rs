@@ -543,7 +543,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 let result = match other {
                     pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
                     pb::request::Body::ListClients(_) => list(&g).await,
-                    pb::request::Body::History(h) => history(&g, &creds, &h.client_id),
+                    pb::request::Body::History(h) => history(&g, &creds, h).await,
                     pb::request::Body::Send(_) => unreachable!("handled above"),
                 };
                 match result {
@@ -566,7 +566,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
 async fn finish_send(
     g: &Generation,
     request: Request,
-    result: Result<Arc<chat_core::Message>, ChatError>,
+    result: Result<chat_core::Receipt, ChatError>,
 ) {
     match result {
         Ok(message) => {
@@ -632,15 +632,18 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
     }))
 }
 
-fn history(
+/// One page of the asker's history (see `HistoryRequest` in chat.proto).
+async fn history(
     g: &Generation,
     creds: &Credentials,
-    raw_id: &str,
+    req: pb::HistoryRequest,
 ) -> Result<pb::reply::Body, AmqpError> {
     let principal = g.server.authenticate(creds)?;
-    Ok(pb::reply::Body::History(
-        g.server.history_reply(&principal, raw_id)?,
-    ))
+    let page = g
+        .server
+        .history_page(&principal, &req.client_id, req.after, req.limit)
+        .await?;
+    Ok(pb::reply::Body::History(page))
 }
 
 /// Handlers waiting for "your message reached its recipient's queue".
@@ -659,7 +662,7 @@ struct Waiter {
 impl ForwardQueue {
     /// Wakes the forwarder for a newly accepted message and returns what
     /// resolves once it is confirmed (or was already).
-    fn track(&self, m: &chat_core::Message) -> oneshot::Receiver<()> {
+    fn track(&self, m: &chat_core::Receipt) -> oneshot::Receiver<()> {
         let (done, rx) = oneshot::channel();
         self.waiters
             .lock()
