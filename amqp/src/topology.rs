@@ -154,8 +154,8 @@ impl Names {
         format!("{}.deliver", self.ns)
     }
 
-    /// The server's request queue (clients publish to it through the
-    /// default exchange, routing key = this name).
+    /// The server's request queue (clients publish to it through
+    /// [`Self::requests_exchange`], routing key = this name).
     pub fn server_queue(&self) -> String {
         format!("{}.server", self.ns)
     }
