@@ -590,7 +590,8 @@ impl Shared {
                     ),
                 }
             };
-            if let Some(j) = self.joined() {
+            let rejoin = self.joined().filter(|_| !link.bootstrap);
+            if let Some(j) = rejoin {
                 match self.open_inbox(&link, j.clone(), true).await {
                     Ok(()) => {}
                     Err(None) => {
@@ -608,7 +609,9 @@ impl Shared {
                     }
                 }
             }
-            backoff.reset();
+            if !link.bootstrap {
+                backoff.reset();
+            }
             self.link.send_replace(Some(link.clone()));
             let again: Vec<(String, Vec<u8>)> = lock(&self.pending)
                 .iter()
@@ -622,6 +625,27 @@ impl Shared {
             }
             for (corr, body) in again {
                 self.publish_request(&link, &corr, &body).await;
+            }
+            if link.bootstrap && self.joined().is_some() {
+                // Joined, but the broker refuses our own login: the user is
+                // gone (deleted by an operator, which also closed our
+                // connection, or lost by the broker). Register again; the
+                // server recreates the user, and the relogin that follows
+                // re-opens the inbox.
+                tracing::warn!(
+                    "the broker refuses the login as {}: registering again to get the broker user back",
+                    self.names.client_user(&self.id)
+                );
+                let (me, l) = (self.clone(), link.clone());
+                link.spawn(async move {
+                    let register = pb::request::Body::Register(pb::RegisterRequest {
+                        client_id: me.id.to_string(),
+                    });
+                    match me.request(register).await {
+                        Ok(_) => l.trigger(RELOGIN),
+                        Err(e) => l.trigger(format!("registering {} again failed: {e}", me.id)),
+                    }
+                });
             }
         }
         link.close().await;

@@ -230,6 +230,40 @@ async fn a_client_login_reaches_only_its_own_queue() {
     assert!(left.is_empty(), "users left behind: {left:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_broker_user_is_deleted_gets_it_back() {
+    require_management().await;
+    let ns = Namespace::per_client();
+    let names = Names::new(&ns.name).unwrap();
+    let server = InProcessServer::start(ns.config()).await;
+    wait_healthy(&ns.config()).await;
+    let alice = ns.client("alice").await;
+    let mut alice_in = alice.join().await.expect("alice joins");
+    let bob = ns.registered("bob").await;
+    bob.send(&id("alice"), "before").await.unwrap();
+    assert_eq!(recv_n(&mut alice_in, 1).await[0].text, "before");
+
+    // Deleting a user closes its connections: alice's client comes back
+    // as the bootstrap user, registers again and logs in as herself.
+    let api = Management::new(&common::management_url()).unwrap();
+    api.delete_user(&names.client_user(&id("alice")))
+        .await
+        .unwrap();
+    bob.send(&id("alice"), "after").await.unwrap();
+    let got = recv_n(&mut alice_in, 1).await;
+    assert_eq!((got[0].text.as_str(), got[0].seq), ("after", 2));
+    assert!(
+        api.users()
+            .await
+            .unwrap()
+            .contains(&names.client_user(&id("alice"))),
+        "alice's user is back"
+    );
+    common::assert_quiet(&mut alice_in, Duration::from_secs(1)).await;
+    drop(alice_in);
+    server.stop().await;
+}
+
 /// Publishes a `send` from alice to bob with `reply_to` = bob's inbox, as
 /// `conn` (through `<ns>.requests`), and checks that the server neither
 /// answers into bob's inbox nor carries the request out.
