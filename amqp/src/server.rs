@@ -607,7 +607,8 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                         // The ID is registered; its broker user is not (yet).
                         // The client may register again (idempotent).
                         tracing::error!("{e}");
-                        let why = format!("the server cannot create the client's broker user: {e}; try again later");
+                        // The details (the management URL) stay in the log.
+                        let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
                         g.reply(&request, error_reply_with(ErrorCode::Unavailable, why)).await;
                         request.ack(&g).await;
                     }
