@@ -18,8 +18,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use lapin::Connection;
+use lapin::uri::AMQPUri;
 
+use crate::broker_users::Login;
 use crate::deadline::bounded;
 use crate::error::AmqpError;
 use crate::server::{connection_properties, redact};
@@ -102,11 +105,42 @@ impl Brokers {
     /// attempt is bounded by `bound`. With one URL its error is returned as
     /// is; with several, one error lists why each failed.
     pub async fn connect(&self, name: &str, bound: Duration) -> Result<Connected, AmqpError> {
+        self.connect_as(name, bound, None).await
+    }
+
+    /// [`Self::connect`], logging in as `login` instead of the URLs' own
+    /// user (per-client broker users: [`crate::broker_users`]).
+    pub async fn connect_as(
+        &self,
+        name: &str,
+        bound: Duration,
+        login: Option<&Login>,
+    ) -> Result<Connected, AmqpError> {
         let mut failures = Vec::new();
         let mut last = None;
         for index in self.order() {
-            let url = redact(&self.urls[index]);
-            let attempt = Connection::connect(&self.urls[index], connection_properties(name));
+            let (url, attempt) = match login {
+                None => (
+                    redact(&self.urls[index]),
+                    Connection::connect(&self.urls[index], connection_properties(name)).boxed(),
+                ),
+                Some(login) => match self.urls[index].parse::<AMQPUri>() {
+                    Ok(mut uri) => {
+                        uri.authority.userinfo.username.clone_from(&login.user);
+                        uri.authority.userinfo.password.clone_from(&login.password);
+                        (
+                            redact_as(&self.urls[index], &login.user),
+                            Connection::connect_uri(uri, connection_properties(name)).boxed(),
+                        )
+                    }
+                    Err(e) => {
+                        let url = redact(&self.urls[index]);
+                        failures.push(format!("{url}: {e}"));
+                        last = Some(AmqpError::Config(format!("bad broker URL {url}: {e}")));
+                        continue;
+                    }
+                },
+            };
             match bounded("connecting (AMQP handshake)", &url, bound, attempt).await {
                 Ok(conn) => {
                     self.first.store(index, Ordering::Relaxed);
@@ -126,6 +160,15 @@ impl Brokers {
             _ => Err(AmqpError::NoBroker(failures.join("; "))),
         }
     }
+}
+
+/// `url` without its password, with `user` in place of its own user.
+fn redact_as(url: &str, user: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact(url);
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:***@{host}")
 }
 
 /// `n` indexes starting at `first` (modulo `n`), wrapping around.
@@ -154,6 +197,15 @@ mod tests {
             b.redacted(),
             "amqp://guest:***@a:5672/%2f,amqp://u:***@b/%2f"
         );
+    }
+
+    #[test]
+    fn another_login_is_shown_without_its_password() {
+        assert_eq!(
+            redact_as(A, "ns.client.al"),
+            "amqp://ns.client.al:***@a:5672/%2f"
+        );
+        assert_eq!(redact_as("amqp://h/%2f", "u"), "amqp://u:***@h/%2f");
     }
 
     #[test]
