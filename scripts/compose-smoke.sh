@@ -26,6 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 read -r -a COMPOSE <<<"${COMPOSE:-docker-compose}"
 export COMPOSE_PROJECT_NAME=${SMOKE_PROJECT:-chatbench-smoke-$$}
 export GRPC_PORT=${GRPC_PORT:-0} AMQP_PORT=${AMQP_PORT:-0} RABBITMQ_UI_PORT=${RABBITMQ_UI_PORT:-0}
+export GRPC_METRICS_PORT=${GRPC_METRICS_PORT:-0} AMQP_METRICS_PORT=${AMQP_METRICS_PORT:-0}
 TIMEOUT=${SMOKE_TIMEOUT:-180}
 WORK=$(mktemp -d)
 START=$SECONDS
@@ -174,7 +175,7 @@ ok "$(c ps -q | wc -l) containers up"
 c ps
 
 step "published host ports answer"
-for sp in grpc-server:50051 rabbitmq:5672 rabbitmq:15672; do
+for sp in grpc-server:50051 grpc-server:9464 amqp-server:9464 rabbitmq:5672 rabbitmq:15672; do
     hp=$(c port "${sp%%:*}" "${sp#*:}" 2>/dev/null | tail -1)
     [ -n "$hp" ] || fail "${sp} is not published"
     (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null || fail "${sp} published at $hp does not accept connections"

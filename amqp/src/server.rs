@@ -554,6 +554,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 "rejecting a request: {why}"
             );
             tasks.spawn(async move {
+                g.server.metrics().refused(why.code());
                 let reply = error_reply(&why);
                 g.reply(&request, reply).await;
                 // Not requeued: it goes to <ns>.dead and can never loop.
@@ -600,6 +601,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                     }
                     Err(AmqpError::Chat(ChatError::ShuttingDown)) => {}
                     Err(AmqpError::Chat(e)) => {
+                        g.server.metrics().refused(e.code());
                         g.reply(&request, error_reply(&e)).await;
                         request.ack(&g).await;
                     }
@@ -609,6 +611,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                         tracing::error!("{e}");
                         // The details (the management URL) stay in the log.
                         let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
+                        g.server.metrics().refused(ErrorCode::Unavailable);
                         g.reply(&request, error_reply_with(ErrorCode::Unavailable, why)).await;
                         request.ack(&g).await;
                     }
@@ -643,6 +646,7 @@ async fn finish_send(
         Err(ChatError::ShuttingDown) => {}
         Err(e) => {
             tracing::info!(error = %e, "send refused");
+            g.server.metrics().refused(e.code());
             g.reply(&request, error_reply(&e)).await;
             request.ack(g).await;
         }
@@ -687,6 +691,9 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
         .buffered(LIST_CONCURRENCY)
         .try_collect()
         .await?;
+    // Presence lives in the broker: this is the server's freshest count.
+    let online = clients.iter().filter(|c| c.online).count();
+    g.server.metrics().set_online(online);
     Ok(pb::reply::Body::ListClients(pb::ListClientsReply {
         clients: clients.iter().map(ClientInfo::to_proto).collect(),
     }))
@@ -809,6 +816,7 @@ async fn forward_loop(g: &Generation) -> Result<(), AmqpError> {
             };
             match why {
                 None => {
+                    g.server.metrics().delivered(1);
                     if let Err(e) = g.server.forwarded(&m.to, m.seq).await {
                         tracing::error!(error = %e, "cannot record a delivery");
                     }

@@ -37,6 +37,7 @@ use crate::id::ClientId;
 use crate::identity::SecretHash;
 use crate::log_line;
 use crate::message::Message;
+use crate::metrics::Metrics;
 
 pub const LOG_FILE: &str = "log.txt";
 pub const STATE_FILE: &str = "state.journal";
@@ -316,6 +317,7 @@ pub(crate) type Publish = Box<dyn FnMut(&[Record], &[(u64, usize)]) + Send>;
 pub(crate) fn start_writer(
     dir: &Path,
     durability: Durability,
+    metrics: Arc<Metrics>,
     mut publish: Publish,
 ) -> Result<JobSender, ChatError> {
     let open = |name: &str| -> Result<(File, PathBuf), ChatError> {
@@ -373,8 +375,13 @@ pub(crate) fn start_writer(
                         other => write_state_line(&mut state_buf, other),
                     }
                 }
+                let started = std::time::Instant::now();
                 let result = append(&mut state, &state_buf, durability)
                     .and_then(|()| append(&mut log, &log_buf, durability));
+                metrics
+                    .journal_append
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.journal_batch.observe(batch.len() as f64);
                 match result {
                     Ok(()) => {
                         log_len += log_buf.len() as u64;

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod limits;
 pub mod log_line;
 pub mod message;
+pub mod metrics;
 pub mod server;
 pub mod signal;
 pub mod state_file;

@@ -24,6 +24,7 @@
 //! require; each of those refuses a request that names another ID.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,6 +37,7 @@ use crate::identity::{Credentials, Principal, Secret, SecretHash};
 use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Record};
 use crate::limits::Limits;
 use crate::message::{ClientInfo, Message, Receipt, now_ms};
+use crate::metrics::Metrics;
 
 /// Most messages a session takes from the mailbox in one go.
 const SESSION_BATCH: usize = 256;
@@ -78,6 +80,7 @@ struct Inner {
     log: Arc<std::fs::File>,
     limits: Limits,
     data_dir: PathBuf,
+    metrics: Arc<Metrics>,
     /// Held for the server's lifetime: one server per data directory.
     _lock: std::fs::File,
 }
@@ -304,13 +307,20 @@ impl ChatServer {
             "state rebuilt from the data directory"
         );
 
+        let metrics = Arc::new(Metrics::new());
+        metrics.registered.set(gauge(state.clients.len()));
+        metrics.pending.set(gauge(pending));
+
         let state = Arc::new(Mutex::new(state));
-        let for_writer = state.clone();
+        let for_writer = (state.clone(), metrics.clone());
         let budget = config.limits.mailbox_memory;
         let journal = journal::start_writer(
             &config.data_dir,
             config.durability,
-            Box::new(move |records, places| commit(&for_writer, records, places, budget)),
+            metrics.clone(),
+            Box::new(move |records, places| {
+                commit(&for_writer.0, &for_writer.1, records, places, budget)
+            }),
         )?;
         let log_path = config.data_dir.join(LOG_FILE);
         let log = std::fs::File::open(&log_path).map_err(|e| ChatError::storage(&log_path, e))?;
@@ -321,6 +331,7 @@ impl ChatServer {
                 log: Arc::new(log),
                 limits: config.limits,
                 data_dir: config.data_dir,
+                metrics,
                 _lock: lock,
             }),
         })
@@ -332,6 +343,11 @@ impl ChatServer {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// This server's metrics (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -394,6 +410,9 @@ impl ChatServer {
                 return Err(ChatError::ShuttingDown);
             }
             let (principal, created, record) = claim(&mut st, id, presented)?;
+            if created {
+                self.inner.metrics.registered.inc();
+            }
             if st.clients[&principal.id].session.is_some() {
                 return Err(ChatError::AlreadyOnline(principal.id));
             }
@@ -477,7 +496,10 @@ impl ChatServer {
             if st.shutting_down {
                 return Err(ChatError::ShuttingDown);
             }
-            let (principal, _, record) = claim(&mut st, id, presented)?;
+            let (principal, created, record) = claim(&mut st, id, presented)?;
+            if created {
+                self.inner.metrics.registered.inc();
+            }
             let id = principal.id;
             st.next_session += 1;
             let session_no = st.next_session;
@@ -486,6 +508,7 @@ impl ChatServer {
                 return Err(ChatError::AlreadyOnline(id));
             }
             c.session = Some(session_no);
+            self.inner.metrics.went_online();
             let session = Session {
                 server: self.clone(),
                 id,
@@ -530,9 +553,13 @@ impl ChatServer {
             }
             c.acked = up_to;
             let mut freed = 0;
+            let before = c.mailbox.len();
             while c.mailbox.front().is_some_and(|m| m.seq() <= up_to) {
                 freed += c.mailbox.pop_front().map_or(0, |p| p.bytes());
             }
+            let acked = before - c.mailbox.len();
+            self.inner.metrics.acked.inc_by(acked as u64);
+            self.inner.metrics.pending.dec_by(gauge(acked));
             if c.mailbox.is_empty() && c.mailbox.capacity() > 1024 {
                 // A drained backlog gives its memory back.
                 c.mailbox = VecDeque::new();
@@ -816,13 +843,20 @@ fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, Cha
 
 /// Makes a durable batch visible: messages enter the sender's history and
 /// the recipient's mailbox, and the recipient's session is woken.
-fn commit(state: &Mutex<State>, records: &[Record], places: &[(u64, usize)], budget: usize) {
+fn commit(
+    state: &Mutex<State>,
+    metrics: &Metrics,
+    records: &[Record],
+    places: &[(u64, usize)],
+    budget: usize,
+) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let messages = records.iter().filter_map(|r| match r {
         Record::Message(m) => Some(m),
         _ => None,
     });
     for (m, &(offset, len)) in messages.zip(places) {
+        metrics.accepted.inc();
         let sent = Sent::new(offset, len, m.seq);
         if let Some(from) = st.clients.get_mut(&m.from) {
             from.history.push(sent);
@@ -833,8 +867,14 @@ fn commit(state: &Mutex<State>, records: &[Record], places: &[(u64, usize)], bud
         });
         if unacked {
             st.enqueue(&m.to, m.clone(), sent, budget);
+            metrics.pending.inc();
         }
     }
+}
+
+/// A count as a gauge value.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A client's claim on its ID being online, and the cursor of what has been
@@ -902,6 +942,7 @@ impl Drop for Session {
             && c.session == Some(self.session_no)
         {
             c.session = None;
+            self.server.inner.metrics.went_offline();
             tracing::info!(client = %self.id, "client offline");
         }
     }
@@ -936,6 +977,10 @@ pub struct ServerArgs {
     /// `fsync`: also flush to disk (survives a machine crash).
     #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
     pub durability: Durability,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
+    /// port; the log says which). Off when not given.
+    #[arg(long, env = "CHAT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {

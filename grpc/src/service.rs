@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chat_core::{ChatServer, Credentials, Principal};
+use chat_core::{ChatError, ChatServer, Credentials, Principal};
 use chat_proto::v1 as pb;
 use pb::chat_server::{Chat, ChatServer as ChatService};
 use tokio::net::TcpListener;
@@ -63,7 +63,13 @@ impl GrpcChat {
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         self.server
             .authenticate(&credentials(request))
-            .map_err(to_status)
+            .map_err(|e| self.refuse(e))
+    }
+
+    /// The status that refuses a request with `e`, counted in the metrics.
+    fn refuse(&self, e: ChatError) -> Status {
+        self.server.metrics().refused(e.code());
+        to_status(e)
     }
 }
 
@@ -79,7 +85,7 @@ impl Chat for GrpcChat {
             .server
             .register(&creds, &client_id)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(pb::RegisterReply { client_id, created }))
     }
 
@@ -92,7 +98,7 @@ impl Chat for GrpcChat {
             .server
             .send(&principal, request.into_inner())
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(pb::SendReply {
             id: m.id.to_string(),
             timestamp_ms: m.timestamp_ms,
@@ -114,8 +120,9 @@ impl Chat for GrpcChat {
             .server
             .connect(&creds, &client_id, after_seq)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.refuse(e))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let metrics = self.server.metrics().clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -125,6 +132,7 @@ impl Chat for GrpcChat {
                             if tx.send(Ok(m.to_proto())).await.is_err() {
                                 return;
                             }
+                            metrics.delivered(1);
                         }
                     }
                     () = tx.closed() => return,
@@ -147,7 +155,7 @@ impl Chat for GrpcChat {
         self.server
             .ack(&principal, &client_id, up_to_seq)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(pb::AckReply {}))
     }
 
@@ -173,7 +181,7 @@ impl Chat for GrpcChat {
             .server
             .history_page(&principal, &client_id, after, limit)
             .await
-            .map_err(to_status)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(reply))
     }
 }

@@ -373,3 +373,29 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
     assert_eq!(got[0].text, "still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_metrics_port_stops_the_server_with_a_clear_error() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {addr}"))
+            && stderr.contains("--metrics-listen"),
+        "{stderr}"
+    );
+}

@@ -81,6 +81,16 @@ pub struct Row {
     /// `server_rss_mb` (at its end) it says whether memory stays flat.
     #[serde(default)]
     pub server_rss_start_mb: Option<f64>,
+    /// What the server itself counted during the run (its `/metrics`,
+    /// scraped before and after; spawned servers only).
+    pub server_accepted: Option<u64>,
+    pub server_delivered: Option<u64>,
+    pub server_acked: Option<u64>,
+    pub server_refused: Option<u64>,
+    pub server_pending: Option<u64>,
+    pub server_journal_batch_mean: Option<f64>,
+    pub server_append_mean_us: Option<f64>,
+    pub server_append_p99_us: Option<f64>,
 }
 
 impl Row {
@@ -182,7 +192,9 @@ impl Results {
         if exists {
             let mut r = csv::Reader::from_path(&path)?;
             let found: Vec<String> = r.headers()?.iter().map(str::to_owned).collect();
-            if found != expected {
+            if found.len() < expected.len() && expected.starts_with(&found) {
+                self.add_columns(found.len())?;
+            } else if found != expected {
                 bail!(
                     "{} has other columns than this loadgen writes; move it aside (its rows stay valid for the loadgen that wrote them)",
                     path.display()
@@ -199,6 +211,30 @@ impl Results {
             .from_writer(file);
         w.serialize(row)?;
         w.flush()?;
+        Ok(())
+    }
+
+    /// Rewrites runs.csv, written by an older loadgen with only the first
+    /// `old` columns, with today's header: its rows keep their values and
+    /// read the new columns as empty. Atomic (a new file renamed over it).
+    fn add_columns(&self, old: usize) -> anyhow::Result<()> {
+        let path = self.runs_csv();
+        let rows = self.rows()?;
+        let tmp = self.dir.join("runs.csv.tmp");
+        let mut w = csv::Writer::from_path(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        for row in &rows {
+            w.serialize(row)?;
+        }
+        w.flush()?;
+        drop(w);
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        tracing::info!(
+            "{}: added the columns after its {old} ({} rows kept)",
+            path.display(),
+            rows.len()
+        );
         Ok(())
     }
 
@@ -356,10 +392,11 @@ mod tests {
     #[test]
     fn the_csv_header_is_stable() {
         let h = header();
-        assert_eq!(h.len(), 60);
+        assert_eq!(h.len(), 68);
         assert_eq!(&h[..4], ["run_id", "started_at", "experiment", "stack"]);
         assert!(h.contains(&"e2e_p999_us".to_owned()));
-        assert_eq!(h.last().map(String::as_str), Some("server_rss_start_mb"));
+        assert_eq!(h[59], "server_rss_start_mb");
+        assert_eq!(h.last().map(String::as_str), Some("server_append_p99_us"));
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/results.md"))
                 .unwrap();
@@ -390,6 +427,54 @@ mod tests {
         assert_eq!(rows[0].window, None);
         let text = std::fs::read_to_string(results.runs_csv()).unwrap();
         assert_eq!(text.matches("run_id").count(), 1);
+    }
+
+    #[test]
+    fn a_file_of_an_older_loadgen_gets_the_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = Results::new(dir.path());
+        let old = Row {
+            run_id: "old".into(),
+            server_rss_start_mb: Some(7.5),
+            ..Row::default()
+        };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(&old).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        // The same file as the loadgen before the server_* metric columns wrote it.
+        let cut: String = text
+            .lines()
+            .map(|l| l.split(',').take(60).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        assert!(
+            cut.starts_with("run_id,")
+                && cut
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .ends_with(",server_rss_start_mb")
+        );
+        std::fs::write(results.runs_csv(), cut).unwrap();
+
+        let new = Row {
+            run_id: "new".into(),
+            server_accepted: Some(42),
+            ..Row::default()
+        };
+        results.append(&new).unwrap();
+        let rows = results.rows().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].run_id, "old");
+        assert_eq!(rows[0].server_rss_start_mb, Some(7.5));
+        assert_eq!(rows[0].server_accepted, None);
+        assert_eq!(rows[1].server_accepted, Some(42));
+        let text = std::fs::read_to_string(results.runs_csv()).unwrap();
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with(",server_append_p99_us")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::procstat::{self, Usage, Watched};
 use crate::proxy::Proxy;
 use crate::scenario::{FaultKind, Plan, Point, StackKind};
 use crate::target::{Endpoint, Server, TargetArgs, fresh_tag};
+use chat_core::metrics::Scrape;
 
 /// Everything a set of runs shares.
 #[derive(Debug)]
@@ -200,6 +201,7 @@ impl Runner {
     ) -> anyhow::Result<Row> {
         let tag = fresh_tag();
         ids.extend((0..point.clients).map(|i| format!("{tag}-{i}")));
+        let figures_before = server.scrape().await;
         let started_at = chat_core::message::format_timestamp(chat_core::message::now_ms());
         let live = Arc::new(Live::default());
         let bar = self.bars.add(ProgressBar::new_spinner());
@@ -267,6 +269,9 @@ impl Runner {
         let struck = injected?;
         let usage = sampler.await.unwrap_or_default();
         let mut row = self.row(point, &tag, &started_at, &outcome, &usage, server);
+        if let (Some(before), Some(after)) = (figures_before, server.scrape().await) {
+            server_columns(&mut row, &before, &after);
+        }
         if let (Some(f), Some(struck)) = (point.fault, struck) {
             fault_columns(&mut row, f, &outcome, struck);
         }
@@ -377,6 +382,35 @@ impl Runner {
             row.ceiling_ratio = Some(row.delivery_rate / ceiling);
         }
         row
+    }
+}
+
+/// The `server_*` columns: what the server counted between two scrapes of
+/// its metrics (the whole run: set-up, warm-up, window and drain). A
+/// counter that went down was reset by a restart (`kill-server`): then its
+/// value after is what it counted since.
+fn server_columns(row: &mut Row, before: &Scrape, after: &Scrape) {
+    let delta = |name: &str| {
+        let (b, a) = (before.value(name)?, after.value(name)?);
+        Some(if a >= b { a - b } else { a } as u64)
+    };
+    row.server_accepted = delta("chat_messages_accepted_total");
+    row.server_delivered = delta("chat_messages_delivered_total");
+    row.server_acked = delta("chat_messages_acked_total");
+    let refused = |s: &Scrape| s.total("chat_requests_refused_total");
+    let (b, a) = (refused(before), refused(after));
+    row.server_refused = Some(if a >= b { a - b } else { a } as u64);
+    row.server_pending = after.value("chat_messages_pending").map(|v| v as u64);
+    let histogram = |name: &str| {
+        let (b, a) = (before.histogram(name)?, after.histogram(name)?);
+        Some(if a.count >= b.count { a.since(&b) } else { a })
+    };
+    if let Some(batches) = histogram("chat_journal_batch_records") {
+        row.server_journal_batch_mean = batches.mean();
+    }
+    if let Some(appends) = histogram("chat_journal_append_seconds") {
+        row.server_append_mean_us = appends.mean().map(|s| s * 1e6);
+        row.server_append_p99_us = appends.quantile(0.99).map(|s| s * 1e6);
     }
 }
 
@@ -554,5 +588,63 @@ async fn progress(bar: ProgressBar, live: Arc<Live>, what: String) {
             (now.1 - last.1) * 2
         ));
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(accepted: u64, refused: &[(&str, u64)], appends_us: &[(f64, u64)]) -> Scrape {
+        let mut text = format!(
+            "# TYPE chat_messages_accepted_total counter\nchat_messages_accepted_total {accepted}\n\
+             # TYPE chat_messages_pending gauge\nchat_messages_pending 3\n\
+             # TYPE chat_requests_refused_total counter\n"
+        );
+        for (code, n) in refused {
+            text += &format!("chat_requests_refused_total{{code=\"{code}\"}} {n}\n");
+        }
+        text += "# TYPE chat_journal_append_seconds histogram\n";
+        let mut total = 0;
+        let mut sum = 0.0;
+        for &(le_us, n) in appends_us {
+            total += n;
+            sum += le_us * 1e-6 * n as f64;
+            text += &format!(
+                "chat_journal_append_seconds_bucket{{le=\"{}\"}} {total}\n",
+                le_us * 1e-6
+            );
+        }
+        text += &format!(
+            "chat_journal_append_seconds_bucket{{le=\"+Inf\"}} {total}\n\
+             chat_journal_append_seconds_sum {sum}\nchat_journal_append_seconds_count {total}\n"
+        );
+        Scrape::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn server_columns_are_what_happened_during_the_run() {
+        let before = scrape(100, &[("NOT_FOUND", 1)], &[(10.0, 50), (20.0, 0)]);
+        let after = scrape(
+            1100,
+            &[("NOT_FOUND", 2), ("RESOURCE_EXHAUSTED", 5)],
+            &[(10.0, 50), (20.0, 100)],
+        );
+        let mut row = Row::default();
+        server_columns(&mut row, &before, &after);
+        assert_eq!(row.server_accepted, Some(1000));
+        assert_eq!(row.server_refused, Some(6));
+        assert_eq!(row.server_pending, Some(3));
+        assert_eq!(row.server_delivered, None, "not in these scrapes");
+        // The 100 appends of the run all took 10-20 µs.
+        let p99 = row.server_append_p99_us.unwrap();
+        assert!((10.0..=20.0).contains(&p99), "{p99}");
+        assert!((row.server_append_mean_us.unwrap() - 20.0).abs() < 1e-6);
+
+        // A restart in between (kill-server): counters start again from 0.
+        let restarted = scrape(40, &[], &[(10.0, 4), (20.0, 4)]);
+        server_columns(&mut row, &after, &restarted);
+        assert_eq!(row.server_accepted, Some(40));
+        assert_eq!(row.server_refused, Some(0));
     }
 }

@@ -22,6 +22,8 @@ use crate::scenario::StackKind;
 
 /// How long a server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server flag that turns its metrics endpoint on.
+const METRICS_FLAG: &str = "--metrics-listen";
 /// How long a server may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -97,6 +99,8 @@ pub struct Server {
     log: Arc<Mutex<VecDeque<String>>>,
     /// Server flags worth recording with each row.
     pub settings: String,
+    /// The server's `/metrics` endpoint (spawned chat servers only).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -201,15 +205,14 @@ impl Server {
                     &max,
                     "--durability",
                     &args.durability,
+                    METRICS_FLAG,
+                    "127.0.0.1:0",
                 ];
                 let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
                 let addr = s.wait_for_line("listening on ").await?;
                 // A restart must come back at the same address.
-                if let Some((_, flags)) = &mut s.recipe
-                    && let Some(i) = flags.iter().position(|f| f == "127.0.0.1:0")
-                {
-                    flags[i] = addr.clone();
-                }
+                s.fix_flag("--listen", &addr);
+                s.find_metrics().await?;
                 let url = format!("http://{addr}");
                 s.wait_ready(|| chat_grpc::health::check(&url, Duration::from_secs(2)))
                     .await?;
@@ -233,8 +236,11 @@ impl Server {
                     &max,
                     "--durability",
                     &args.durability,
+                    METRICS_FLAG,
+                    "127.0.0.1:0",
                 ];
                 let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
+                s.find_metrics().await?;
                 let config = args.amqp_config(ns);
                 let c = config.clone();
                 s.wait_ready(|| async {
@@ -295,6 +301,50 @@ impl Server {
             own_namespace: false,
             log: Arc::default(),
             settings: "external".into(),
+            metrics: None,
+        }
+    }
+
+    /// Makes `flag`'s value `value` in the restart recipe.
+    fn fix_flag(&mut self, flag: &str, value: &str) {
+        if let Some((_, flags)) = &mut self.recipe
+            && let Some(i) = flags.iter().position(|f| f == flag)
+            && let Some(v) = flags.get_mut(i + 1)
+        {
+            *v = value.to_owned();
+        }
+    }
+
+    /// Reads where the spawned server serves its metrics (its log line),
+    /// and keeps that port for a restart.
+    async fn find_metrics(&mut self) -> anyhow::Result<()> {
+        let line = self.wait_for_line("metrics on http://").await?;
+        let addr = line
+            .split(chat_core::metrics::PATH)
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let parsed = addr.parse().with_context(|| {
+            format!(
+                "{} logged an unreadable metrics address {line:?}",
+                self.stack
+            )
+        })?;
+        self.fix_flag(METRICS_FLAG, &addr);
+        self.metrics = Some(parsed);
+        Ok(())
+    }
+
+    /// The server's metrics now; `None` (with a warning) when it has no
+    /// endpoint or does not answer, so a run never fails for its figures.
+    pub async fn scrape(&self) -> Option<chat_core::metrics::Scrape> {
+        let addr = self.metrics?;
+        match chat_core::metrics::scrape(addr).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(stack = %self.stack, "cannot read the server's metrics: {e}");
+                None
+            }
         }
     }
 

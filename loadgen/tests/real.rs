@@ -38,6 +38,8 @@ fn target() -> TargetArgs {
 struct Chats {
     addr: std::net::SocketAddr,
     config: AmqpConfig,
+    /// Each chat's metrics endpoint, as `--metrics-listen` would serve it.
+    metrics: [std::net::SocketAddr; 2],
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data: [tempfile::TempDir; 2],
@@ -47,15 +49,22 @@ impl Chats {
     async fn start() -> Self {
         let data = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let open = |i: usize| ChatServer::open(ServerConfig::new(data[i].path())).unwrap();
+        let servers = [open(0), open(1)];
+        let mut metrics = Vec::new();
+        for s in &servers {
+            let any = "127.0.0.1:0".parse().unwrap();
+            metrics.push(chat_core::metrics::start(any, s).await.unwrap());
+        }
+        let [grpc_server, amqp_server] = servers;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = AmqpConfig::new(amqp_url(), fresh_tag());
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
         let (stop_amqp, amqp_stopped) = oneshot::channel::<()>();
-        let grpc = chat_grpc::run(listener, open(0), async {
+        let grpc = chat_grpc::run(listener, grpc_server, async {
             let _ = grpc_stopped.await;
         });
-        let amqp = chat_amqp::run(config.clone(), open(1), async {
+        let amqp = chat_amqp::run(config.clone(), amqp_server, async {
             let _ = amqp_stopped.await;
         });
         let tasks = vec![
@@ -73,6 +82,7 @@ impl Chats {
         Self {
             addr,
             config,
+            metrics: [metrics[0], metrics[1]],
             stop: vec![stop_grpc, stop_amqp],
             tasks,
             _data: data,
@@ -124,6 +134,20 @@ fn assert_all_delivered(row: &Row) {
     assert!(row.delivery_rate > 0.0, "{row:?}");
 }
 
+/// What the chat server counted during the run agrees with loadgen's count.
+fn assert_server_figures(row: &Row) {
+    assert_eq!(row.server_accepted, Some(row.accepted), "{row:?}");
+    let delivered = row.server_delivered.unwrap();
+    assert!(delivered >= row.delivered, "{row:?}");
+    let acked = row.server_acked.unwrap();
+    assert!(acked > 0 && acked <= row.accepted, "{row:?}");
+    assert_eq!(row.server_refused, Some(0), "{row:?}");
+    assert!(row.server_pending.is_some(), "{row:?}");
+    assert!(row.server_journal_batch_mean.unwrap() >= 1.0, "{row:?}");
+    let (mean, p99) = (row.server_append_mean_us, row.server_append_p99_us);
+    assert!(mean.unwrap() > 0.0 && p99.unwrap() > 0.0, "{row:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stack_and_ceiling_delivers_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,13 +159,17 @@ async fn every_stack_and_ceiling_delivers_everything() {
     let servers = [
         (StackKind::GrpcBare, None),
         (StackKind::AmqpBare, None),
-        (StackKind::Grpc, Some(chats.grpc())),
-        (StackKind::Amqp, Some(chats.amqp())),
+        (StackKind::Grpc, Some((chats.grpc(), chats.metrics[0]))),
+        (StackKind::Amqp, Some((chats.amqp(), chats.metrics[1]))),
     ];
     let mut rows = Vec::new();
     for (stack, endpoint) in servers {
         let server = match endpoint {
-            Some(e) => Server::at(stack, e, true),
+            Some((e, metrics)) => {
+                let mut s = Server::at(stack, e, true);
+                s.metrics = Some(metrics);
+                s
+            }
             None => Server::start(stack, &target(), 4096).await.unwrap(),
         };
         let mut ids = Vec::new();
@@ -154,6 +182,11 @@ async fn every_stack_and_ceiling_delivers_everything() {
                 .await
                 .unwrap();
             assert_all_delivered(&row);
+            if stack == StackKind::Grpc || stack == StackKind::Amqp {
+                assert_server_figures(&row);
+            } else {
+                assert_eq!(row.server_accepted, None, "a ceiling has no metrics");
+            }
             rows.push(row);
         }
         server.stop(&ids).await;

@@ -3,6 +3,7 @@
 //! Every process is killed when its handle drops, so a failing test leaves
 //! nothing running.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,16 @@ impl ServerProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Where the server serves its metrics (from its `metrics on
+    /// http://ADDR/metrics` log line), if it was started with them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let log = self.stderr.lock().unwrap();
+        log.iter().find_map(|l| {
+            let rest = l.split("metrics on http://").nth(1)?;
+            rest.split(chat_core::metrics::PATH).next()?.parse().ok()
+        })
     }
 
     /// Everything the server wrote to stderr so far.

@@ -42,6 +42,7 @@ macro_rules! chat_scenarios {
             cli_keeps_listening_across_a_server_crash,
             impostors_are_refused_and_claims_survive_a_restart,
             cli_keeps_its_secret_and_never_shows_a_message_twice,
+            metrics_count_what_the_server_did,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

@@ -783,3 +783,60 @@ pub async fn cli_keeps_its_secret_and_never_shows_a_message_twice<S: Stack>() {
         "the same secret throughout"
     );
 }
+
+/// `--metrics-listen`: the server's counters and gauges follow what clients
+/// did (the same names and meanings on both stacks).
+pub async fn metrics_count_what_the_server_did<S: Stack>() {
+    let env = Env::<S>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
+    let addr = env
+        .server
+        .as_ref()
+        .and_then(|s| s.metrics_addr())
+        .expect("the server logs where its metrics are");
+    let scrape = || async move { chat_core::metrics::scrape(addr).await.expect("scrape") };
+    let start = scrape().await;
+    assert_eq!(start.value("chat_clients_registered"), Some(0.0));
+    assert_eq!(start.value("chat_messages_accepted_total"), Some(0.0));
+
+    let (alice, _alice_in) = env.online("alice").await;
+    let (_bob, mut bob_in) = env.online("bob").await;
+    const N: usize = 25;
+    for i in 0..N {
+        alice.send(&id("bob"), &format!("m{i}")).await.unwrap();
+    }
+    recv_n(&mut bob_in, N).await;
+    let refused = alice.send(&id("nobody"), "hi").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotFound), "{refused}");
+    // On AMQP the online gauge is what the last list found.
+    let listed = alice.list_clients().await.unwrap();
+    assert_eq!(listed.iter().filter(|c| c.online).count(), 2);
+
+    let n = N as f64;
+    eventually(
+        "every message accepted, delivered and acknowledged",
+        || async {
+            let s = scrape().await;
+            s.value("chat_messages_accepted_total") == Some(n)
+                && s.value("chat_messages_acked_total") == Some(n)
+                && s.value("chat_messages_pending") == Some(0.0)
+        },
+    )
+    .await;
+    let s = scrape().await;
+    let delivered = s.value("chat_messages_delivered_total").unwrap();
+    assert!(delivered >= n, "delivered {delivered} of {n}");
+    assert_eq!(s.value("chat_clients_registered"), Some(2.0));
+    assert_eq!(s.value("chat_clients_online"), Some(2.0));
+    assert_eq!(
+        s.labelled("chat_requests_refused_total", "code", "NOT_FOUND"),
+        Some(1.0)
+    );
+    assert_eq!(s.total("chat_requests_refused_total"), 1.0);
+    // N messages, 2 registrations and the (cumulative) acks went through
+    // the journal.
+    let batches = s.histogram("chat_journal_batch_records").unwrap();
+    assert!(batches.sum >= n + 3.0, "{batches:?}");
+    assert!(batches.count >= 1.0 && batches.count <= batches.sum);
+    let appends = s.histogram("chat_journal_append_seconds").unwrap();
+    assert_eq!(appends.count, batches.count, "one timing per batch");
+}

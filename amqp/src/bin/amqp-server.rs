@@ -53,6 +53,9 @@ async fn serve(config: AmqpConfig, args: ServerArgs) -> anyhow::Result<()> {
     let chat = args.config();
     let server = ChatServer::open(chat.clone())
         .with_context(|| format!("cannot open the data directory {}", chat.data_dir.display()))?;
+    if let Some(addr) = args.metrics_listen {
+        chat_core::metrics::start(addr, &server).await?;
+    }
     chat_amqp::run(config, server, chat_core::signal::shutdown_signal()).await?;
     Ok(())
 }

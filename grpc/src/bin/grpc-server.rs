@@ -68,6 +68,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             args.listen
         )
     })?;
+    // Before "listening on": whoever waits for that line finds both.
+    if let Some(addr) = args.server.metrics_listen {
+        chat_core::metrics::start(addr, &server).await?;
+    }
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
     chat_grpc::run(listener, server, chat_core::signal::shutdown_signal()).await?;
