@@ -10,6 +10,7 @@
 
 pub mod env;
 pub mod in_process;
+pub mod proxy;
 pub mod scenarios;
 
 pub use env::{Env, ServerProcess, Stack, secret_of};

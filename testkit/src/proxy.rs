@@ -1,11 +1,14 @@
-//! A TCP proxy inside loadgen, in front of a server or broker: clients
-//! connect through it, so the `cut-connections` fault can break every
-//! client connection at once (and refuse new ones for a while) without
-//! touching the server, as a network failure would, and the
-//! `freeze-clients` fault can stop every client connection dead without
+//! A TCP proxy in front of a server or broker: clients connect through it,
+//! so a test (or loadgen's `cut-connections` fault) can break every client
+//! connection at once (and refuse new ones for a while) without touching
+//! the server, as a network failure would, and a test (or loadgen's
+//! `freeze-clients` fault) can stop every client connection dead without
 //! closing it, as a SIGSTOPped client process looks to its server: the
 //! socket stays open, nothing is read or written, and the kernel buffers
 //! fill until the peer's flow control stops it.
+//!
+//! Shared by loadgen and the end-to-end scenarios (the liveness scenario
+//! freezes a client this way), so there is one proxy, not one per user.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -74,9 +77,16 @@ impl Proxy {
     /// Stops every byte in both directions on every connection (open and
     /// new) for `duration`, then lets them flow again. Nothing is closed.
     pub async fn freeze(&self, duration: Duration) {
-        self.frozen.send_replace(true);
+        self.set_frozen(true);
         tokio::time::sleep(duration).await;
-        self.frozen.send_replace(false);
+        self.set_frozen(false);
+    }
+
+    /// Holds (`true`) or releases (`false`) every byte in both directions
+    /// on every connection, open and new, until told otherwise. Nothing is
+    /// closed: the peers see a connection that has gone silent.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 }
 
