@@ -31,7 +31,7 @@ BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug
 URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 NS = "contract-" + uuid.uuid4().hex[:10]
 WAIT = 60.0
-HEARTBEAT = 10  # docs: negotiate a short heartbeat
+HEARTBEAT = 5  # docs: negotiate a 5 s heartbeat
 MAX_REPLY_BYTES = 4000  # the server's --max-reply-bytes for this check
 JOINED = set()  # every client ID registered here, for the cleanup
 

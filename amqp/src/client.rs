@@ -547,7 +547,7 @@ impl ChatClient for AmqpClient {
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
-            brokers: Brokers::new(&config.url),
+            brokers: config.brokers(),
             names,
             id,
             secret,

@@ -98,7 +98,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AmqpError> {
     let names = config.names()?;
-    let brokers = Brokers::new(&config.url);
+    let brokers = config.brokers();
     let mut shutdown = pin!(shutdown.fuse());
     let mut backoff = Backoff::new();
     let mut served = false;
@@ -124,7 +124,13 @@ pub async fn run(
                 }
             }
         };
-        tracing::info!(broker = %url, namespace = names.namespace(), queue_type = %names.queue_type(), "connected to the broker");
+        tracing::info!(
+            broker = %url,
+            namespace = names.namespace(),
+            queue_type = %names.queue_type(),
+            heartbeat_secs = conn.configuration().heartbeat(),
+            "connected to the broker"
+        );
         let outcome = serve(&conn, &server, &names, &url, &mut shutdown).await;
         if matches!(outcome, Outcome::Lost(_) | Outcome::SetupFailed(_)) {
             // The next attempt starts with the next node of the list.
@@ -175,7 +181,7 @@ pub async fn run(
 /// Returns the one line to print.
 pub async fn health(config: &AmqpConfig) -> Result<String, AmqpError> {
     let names = config.names()?;
-    let brokers = Brokers::new(&config.url);
+    let brokers = config.brokers();
     let conn = brokers
         .connect("amqp-server health", CONNECT_TIMEOUT)
         .await
