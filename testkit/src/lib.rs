@@ -43,6 +43,8 @@ macro_rules! chat_scenarios {
             cli_keeps_listening_across_a_server_crash,
             impostors_are_refused_and_claims_survive_a_restart,
             cli_keeps_its_secret_and_never_shows_a_message_twice,
+            a_frozen_client_loses_its_id_and_nothing_is_lost,
+            max_pending_holds_for_an_offline_recipient,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

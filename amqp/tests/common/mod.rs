@@ -256,12 +256,7 @@ impl Proxy {
 
     /// The broker URL, pointed at this proxy.
     pub fn url(&self) -> String {
-        let url = amqp_url();
-        let (scheme, rest) = url.split_once("://").unwrap();
-        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
-        let path = rest.find('/').map_or("", |i| &rest[i..]);
-        let at = if userinfo.is_empty() { "" } else { "@" };
-        format!("{scheme}://{userinfo}{at}{}{path}", self.addr)
+        url_via(self.addr)
     }
 
     pub fn cut(&self) {
@@ -282,7 +277,18 @@ impl Drop for Proxy {
     }
 }
 
-fn broker_addr() -> String {
+/// The broker URL with its host and port replaced by `addr` (a proxy's).
+pub fn url_via(addr: SocketAddr) -> String {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    format!("{scheme}://{userinfo}{at}{addr}{path}")
+}
+
+/// `host:port` of the broker at [`amqp_url`].
+pub fn broker_addr() -> String {
     let url = amqp_url();
     let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
