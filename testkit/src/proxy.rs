@@ -11,6 +11,7 @@
 //! freezes a client this way), so there is one proxy, not one per user.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,10 @@ pub struct Proxy {
     cuts: watch::Sender<u64>,
     /// True while the connections are frozen; the pumps wait on it.
     frozen: watch::Sender<bool>,
+    /// New connections are turned away until then ([`Proxy::cut`]).
     refuse_until: Arc<Mutex<Option<Instant>>>,
+    /// New connections are turned away while set ([`Proxy::refuse`]).
+    refusing: Arc<AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -46,18 +50,23 @@ impl Proxy {
         let (cuts, _) = watch::channel(0u64);
         let (frozen, _) = watch::channel(false);
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let refusing: Arc<AtomicBool> = Arc::default();
         let accept = tokio::spawn(accept_loop(
             listener,
             upstream,
             cuts.clone(),
             frozen.clone(),
-            refuse_until.clone(),
+            Refusal {
+                until: refuse_until.clone(),
+                on: refusing.clone(),
+            },
         ));
         Ok(Self {
             addr,
             cuts,
             frozen,
             refuse_until,
+            refusing,
             accept,
         })
     }
@@ -71,7 +80,20 @@ impl Proxy {
     pub fn cut(&self, refuse_for: Duration) {
         *self.refuse_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + refuse_for);
+        self.cut_all();
+    }
+
+    /// Closes every connection through the proxy now, as a network failure
+    /// or a broker restart would; new ones are served unless refused.
+    pub fn cut_all(&self) {
         self.cuts.send_modify(|c| *c += 1);
+    }
+
+    /// Turns every new connection away (accepted and closed at once, as by
+    /// a server or broker that is down) from `refuse(true)` until
+    /// `refuse(false)`. Open connections are not touched.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 
     /// Stops every byte in both directions on every connection (open and
@@ -90,19 +112,32 @@ impl Proxy {
     }
 }
 
+/// When the proxy turns new connections away.
+struct Refusal {
+    until: Arc<Mutex<Option<Instant>>>,
+    on: Arc<AtomicBool>,
+}
+
+impl Refusal {
+    fn now(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+            || self
+                .until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| Instant::now() < t)
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     upstream: String,
     cuts: watch::Sender<u64>,
     frozen: watch::Sender<bool>,
-    refuse_until: Arc<Mutex<Option<Instant>>>,
+    refusal: Refusal,
 ) {
     while let Ok((client, _)) = listener.accept().await {
-        let refusing = refuse_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| Instant::now() < t);
-        if refusing {
+        if refusal.now() {
             drop(client);
             continue;
         }
@@ -192,6 +227,31 @@ mod tests {
         again.write_all(b"pong").await.unwrap();
         again.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn refusing_turns_new_connections_away_until_told_otherwise() {
+        let upstream = echo_server().await;
+        let proxy = Proxy::start(upstream).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 4];
+        open.write_all(b"open").await.unwrap();
+        open.read_exact(&mut buf).await.unwrap();
+
+        proxy.refuse(true);
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(refused.read(&mut buf).await.unwrap_or(0), 0, "refused");
+        open.write_all(b"kept").await.unwrap();
+        open.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"kept", "an open connection is not touched");
+
+        proxy.cut_all();
+        assert_eq!(open.read(&mut buf).await.unwrap_or(0), 0, "cut");
+        proxy.refuse(false);
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        again.write_all(b"back").await.unwrap();
+        again.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
     }
 
     #[tokio::test]
