@@ -86,6 +86,19 @@ impl Brokers {
         self.urls.is_empty()
     }
 
+    /// Checks that every URL of the list parses, so that a typo is refused
+    /// at once with what is wrong, instead of being retried as a broker
+    /// that does not answer.
+    pub fn check(&self) -> Result<(), AmqpError> {
+        for url in &self.urls {
+            heartbeat_uri(url, self.heartbeat).map_err(|reason| AmqpError::InvalidUrl {
+                url: redact(url),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The list without passwords, for logs and error messages.
     pub fn redacted(&self) -> String {
         self.urls
@@ -245,6 +258,17 @@ mod tests {
         let uri = heartbeat_uri(&format!("{A}?heartbeat=30"), 5).unwrap();
         assert_eq!(uri.query.heartbeat, Some(30), "the URL wins");
         assert!(heartbeat_uri("not a url", 5).is_err());
+    }
+
+    #[test]
+    fn check_names_the_bad_url_of_a_list() {
+        let b = Brokers::new("amqp://a/%2f,amqp://u:pw@b/%2f?heartbeat=x");
+        let e = b.check().unwrap_err().to_string();
+        assert!(
+            e.contains("invalid broker URL amqp://u:***@b/%2f?heartbeat=x"),
+            "{e}"
+        );
+        assert!(Brokers::new("amqp://a/%2f,amqp://b/%2f").check().is_ok());
     }
 
     #[tokio::test]

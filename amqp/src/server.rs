@@ -111,6 +111,10 @@ pub async fn run(
 ) -> Result<(), AmqpError> {
     let names = config.names()?;
     let brokers = config.brokers();
+    if let Err(e) = brokers.check() {
+        server.shutdown();
+        return Err(e);
+    }
     let mut shutdown = pin!(shutdown.fuse());
     let mut backoff = Backoff::new();
     let mut served = false;
