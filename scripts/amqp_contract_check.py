@@ -9,9 +9,14 @@
 
 Uses AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f) and a fresh
 namespace, starts its own amqp-server, and removes every queue it created.
+A second part runs the chat with per-client broker users (docs/amqp.md,
+"Broker accounts") in another fresh namespace: it needs RabbitMQ's
+management API at CHAT_AMQP_MANAGEMENT_URL (default
+http://guest:guest@127.0.0.1:15672) and deletes the users it caused.
 Exits 0 and prints "contract check passed" when everything holds.
 """
 
+import base64
 import json
 import os
 import pathlib
@@ -21,6 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 import pika
@@ -34,16 +42,35 @@ WAIT = 60.0
 HEARTBEAT = 5  # docs: negotiate a 5 s heartbeat
 MAX_REPLY_BYTES = 4000  # the server's --max-reply-bytes for this check
 JOINED = set()  # every client ID registered here, for the cleanup
+MGMT = os.environ.get("CHAT_AMQP_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+NS2 = "contract-pc-" + uuid.uuid4().hex[:10]  # the per-client part
+REGISTER_PASSWORD = "chat-register"  # docs: the bootstrap user's default
 
 
-def server_queue_args():
+def server_queue_args(ns=None):
     """The exact arguments of <ns>.server (docs: Names)."""
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{NS}.dead"}
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{ns or NS}.dead"}
 
 
-def url_with_heartbeat():
-    sep = "&" if "?" in URL else "?"
-    return f"{URL}{sep}heartbeat={HEARTBEAT}"
+def url_with_heartbeat(login=None):
+    """AMQP_URL with a short heartbeat, and `login` (user, password) in
+    place of its own account when given (per-client broker users)."""
+    url = URL
+    if login is not None:
+        u = urllib.parse.urlsplit(URL)
+        user, password = (urllib.parse.quote(x, safe="") for x in login)
+        host = u.netloc.rsplit("@", 1)[-1]
+        url = urllib.parse.urlunsplit((u.scheme, f"{user}:{password}@{host}", u.path, u.query, ""))
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}heartbeat={HEARTBEAT}"
+
+
+def declare_request_route(ch, ns):
+    """Shared account: <ns>.server with its exact arguments, the request
+    exchange <ns>.requests and the binding (docs: Names)."""
+    ch.queue_declare(f"{ns}.server", durable=True, arguments=server_queue_args(ns))
+    ch.exchange_declare(f"{ns}.requests", exchange_type="direct", durable=True)
+    ch.queue_bind(f"{ns}.server", f"{ns}.requests", routing_key=f"{ns}.server")
 
 
 def load_proto(tmp):
@@ -64,16 +91,21 @@ def load_proto(tmp):
 class PyClient:
     """A chat client following docs/amqp.md."""
 
-    def __init__(self, pb, client_id, secret=None):
+    def __init__(self, pb, client_id, secret=None, ns=None, login=None):
+        """`login`: the broker user and password (per-client mode); None:
+        the shared account of AMQP_URL."""
         self.pb = pb
         self.id = client_id
+        self.ns = ns or NS
         # The secret that claims the ID on first register: 256 random bits.
         self.secret = secret or secrets.token_hex(32)
-        self.conn = pika.BlockingConnection(pika.URLParameters(url_with_heartbeat()))
+        self.conn = pika.BlockingConnection(pika.URLParameters(url_with_heartbeat(login)))
         self.ch = self.conn.channel()
-        # Declared before the first request, with its exact arguments, so
-        # that a request never vanishes for want of a queue.
-        self.ch.queue_declare(f"{NS}.server", durable=True, arguments=server_queue_args())
+        if login is None:
+            # Declared before the first request, with its exact arguments,
+            # so that a request never vanishes for want of a queue. (A
+            # per-client user may not; the server has.)
+            declare_request_route(self.ch, self.ns)
         self.ch.confirm_delivery()
         # Exclusive, server-named reply queue, consumed with auto-ack.
         self.reply_queue = self.ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
@@ -92,14 +124,14 @@ class PyClient:
             auth = self.pb.Auth(client_id=self.id, secret=self.secret)
         return self.request_raw(self.pb.Request(auth=auth or None, **body))
 
-    def request_raw(self, req):
+    def request_raw(self, req, reply_to=None):
         corr = str(uuid.uuid4())
         self.ch.basic_publish(
-            exchange="",
-            routing_key=f"{NS}.server",
+            exchange=f"{self.ns}.requests",
+            routing_key=f"{self.ns}.server",
             body=req.SerializeToString(),
             properties=pika.BasicProperties(
-                reply_to=self.reply_queue,
+                reply_to=reply_to or self.reply_queue,
                 correlation_id=corr,
                 delivery_mode=2,
                 content_type="application/x-protobuf",
@@ -118,8 +150,11 @@ class PyClient:
         reply = self.request(register=self.pb.RegisterRequest(client_id=self.id))
         assert reply.WhichOneof("body") == "register", reply
         JOINED.add(self.id)
+        self.consume_inbox()
+
+    def consume_inbox(self):
         self.ch.basic_qos(prefetch_count=256)
-        self.ch.basic_consume(f"{NS}.client.{self.id}", self._on_message, exclusive=True)
+        self.ch.basic_consume(f"{self.ns}.client.{self.id}", self._on_message, exclusive=True)
 
     def _on_message(self, ch, method, props, body):
         m = self.pb.ChatMessage()
@@ -254,6 +289,8 @@ def main():
             check_message_ids(pb, py)
             check_history_limit(pb, py)
             check_coming_back(pb, py)
+            check_reply_to_refused(pb, NS, None)
+            check_per_client(pb, env, tmp, procs)
             print("contract check passed")
         finally:
             for p in procs:
@@ -265,7 +302,9 @@ def main():
                         p.kill()
             if py is not None and py.conn.is_open:
                 py.conn.close()
-            cleanup(["rusty"] + sorted(JOINED))
+            cleanup(NS, ["rusty"] + sorted(JOINED))
+            cleanup(NS2, ["rusty2"] + sorted(JOINED2))
+            delete_users(NS2, ["rusty2"] + sorted(JOINED2))
 
 
 def check_declarations(pb):
@@ -322,15 +361,28 @@ def check_message_ids(pb, py):
 
 
 def check_history_limit(pb, py):
+    """A history larger than one reply comes in pages (after / more)."""
     big = PyClient(pb, "big-" + uuid.uuid4().hex[:6])
     big.join()
-    for _ in range(40):
-        assert big.send(py.id, "y" * 100).WhichOneof("body") == "send"
-    reply = big.request(history=pb.HistoryRequest(client_id=big.id))
-    check(reply.WhichOneof("body") == "error"
-          and reply.error.code == pb.ErrorCode.Value("RESOURCE_EXHAUSTED")
-          and f"reply limit of {MAX_REPLY_BYTES} bytes" in reply.error.message,
-          f"a history over the reply limit is refused: {reply.error.message[:70]}...")
+    sent = [f"{i:02} " + "y" * 100 for i in range(40)]
+    for text in sent:
+        assert big.send(py.id, text).WhichOneof("body") == "send"
+    got, pages, sizes = [], 0, []
+    while True:
+        reply = big.request(history=pb.HistoryRequest(client_id=big.id, after=len(got)))
+        assert reply.WhichOneof("body") == "history", reply
+        pages += 1
+        sizes.append(reply.history.ByteSize())
+        got += [m.text for m in reply.history.messages]
+        if not reply.history.more:
+            break
+        assert reply.history.messages, "a page that says more is never empty"
+    check(got == sent and pages > 1 and max(sizes) <= MAX_REPLY_BYTES,
+          f"a history over the reply limit comes in {pages} pages of at most "
+          f"{MAX_REPLY_BYTES} bytes, all of it in order")
+    reply = big.request(history=pb.HistoryRequest(client_id=big.id, after=3, limit=2))
+    check([m.text for m in reply.history.messages] == sent[3:5] and reply.history.more,
+          "after and limit select a page")
     big.close()
 
 
@@ -360,12 +412,171 @@ def check_coming_back(pb, py):
     sender.close()
 
 
-def cleanup(clients):
+def check_reply_to_refused(pb, ns, login, victim="rusty"):
+    """docs: a reply_to that is not a server-named queue is not answered,
+    not carried out, and dead-lettered."""
+    sender = PyClient(pb, "rt-" + uuid.uuid4().hex[:6], ns=ns, login=login)
+    if login is None:
+        sender.join()
+    else:
+        sender.id, sender.secret = login[0].rsplit(".", 1)[-1], login[1]
+    admin = pika.BlockingConnection(pika.URLParameters(URL))
+    ach = admin.channel()
+    before = ach.queue_declare(f"{ns}.dead", passive=True).method.message_count
+    req = pb.Request(auth=pb.Auth(client_id=sender.id, secret=sender.secret),
+                     send=pb.SendRequest(id=str(uuid.uuid4()), to=victim, text="into an inbox?",
+                                         **{"from": sender.id}))
+    sender.ch.basic_publish(
+        exchange=f"{ns}.requests", routing_key=f"{ns}.server", body=req.SerializeToString(),
+        properties=pika.BasicProperties(reply_to=f"{ns}.client.{victim}", correlation_id="x",
+                                        delivery_mode=2, type="chat.v1.Request"),
+        mandatory=True)
+    deadline = time.time() + WAIT
+    while ach.queue_declare(f"{ns}.dead", passive=True).method.message_count <= before:
+        if time.time() > deadline:
+            raise AssertionError("a request with reply_to = an inbox was not dead-lettered")
+        time.sleep(0.2)
+    sent = sender.request(history=pb.HistoryRequest(client_id=sender.id)).history.messages
+    check(all(m.text != "into an inbox?" for m in sent),
+          f"[{ns}] a reply_to naming an inbox is refused: not carried out, dead-lettered")
+    admin.close()
+    sender.close()
+
+
+def mgmt(method, path, body=None):
+    """One call of the RabbitMQ management HTTP API (MGMT's account)."""
+    u = urllib.parse.urlsplit(MGMT)
+    req = urllib.request.Request(
+        f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}/api/{path}", method=method,
+        data=None if body is None else json.dumps(body).encode())
+    auth = f"{urllib.parse.unquote(u.username or '')}:{urllib.parse.unquote(u.password or '')}"
+    req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        data = r.read()
+    return json.loads(data) if data else None
+
+
+JOINED2 = set()  # client IDs of the per-client part, for the cleanup
+
+
+def refused(what, action):
+    """`action` must fail with ACCESS_REFUSED (403) from the broker."""
+    try:
+        action()
+    except pika.exceptions.ChannelClosedByBroker as e:
+        check(e.reply_code == 403, f"{what}: refused ({e.reply_code})")
+        return
+    raise AssertionError(f"{what}: the broker allowed it")
+
+
+def check_per_client(pb, env, tmp, procs):
+    """docs: Broker accounts. A Python client with its own broker user."""
+    try:
+        mgmt("GET", "whoami")
+    except (urllib.error.URLError, OSError) as e:
+        raise AssertionError(
+            f"the per-client part needs the RabbitMQ management API at CHAT_AMQP_MANAGEMENT_URL "
+            f"({urllib.parse.urlsplit(MGMT).hostname}): {e}; enable it with "
+            "`rabbitmq-plugins enable rabbitmq_management`")
+    env2 = dict(env, CHAT_AMQP_NAMESPACE=NS2, CHAT_AMQP_BROKER_AUTH="per-client",
+                CHAT_AMQP_MANAGEMENT_URL=MGMT, XDG_STATE_HOME=os.path.join(tmp, "state2"))
+    procs.append(subprocess.Popen(
+        [BIN / "amqp-server", "--data-dir", os.path.join(tmp, "data2")], env=env2))
+    deadline = time.time() + WAIT
+    while subprocess.run([BIN / "amqp-server", "health"], env=env2,
+                         capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            raise AssertionError("amqp-server --broker-auth per-client did not come up")
+        time.sleep(0.2)
+
+    me = "pc-" + uuid.uuid4().hex[:6]
+    secret = secrets.token_hex(32)
+    own = (f"{NS2}.client.{me}", secret)
+    try:
+        PyClient(pb, me, secret, ns=NS2, login=own)
+        raise AssertionError("a login as a user the server never created was accepted")
+    except pika.exceptions.AMQPConnectionError:
+        check(True, "[per-client] before registering, the own broker login is refused")
+    boot = PyClient(pb, me, secret, ns=NS2, login=(f"{NS2}.register", REGISTER_PASSWORD))
+    reply = boot.request(register=pb.RegisterRequest(client_id=me))
+    check(reply.WhichOneof("body") == "register" and reply.register.created,
+          "[per-client] register through the bootstrap user <ns>.register")
+    JOINED2.add(me)
+    refused("[per-client] the bootstrap user consuming the inbox",
+            lambda: boot.conn.channel().basic_consume(f"{NS2}.client.{me}", lambda *a: None))
+    boot.close()
+
+    py = PyClient(pb, me, secret, ns=NS2, login=own)
+    py.consume_inbox()
+    check(True, "[per-client] logged in again as its own user, consumes its inbox")
+
+    listener = subprocess.Popen(
+        [BIN / "amqp-client", "--id", "rusty2", "--json", "listen",
+         "--count", "1", "--timeout", str(int(WAIT))],
+        env=env2, stdout=subprocess.PIPE, text=True)
+    procs.append(listener)
+    deadline = time.time() + WAIT
+    while True:
+        reply = py.request(list_clients=pb.ListClientsRequest())
+        if {c.id: c.online for c in reply.list_clients.clients}.get("rusty2"):
+            break
+        if time.time() > deadline:
+            raise AssertionError("rusty2 (amqp-client --broker-auth per-client) never came online")
+        time.sleep(0.2)
+    reply = py.send("rusty2", "hello with per-client users")
+    check(reply.WhichOneof("body") == "send", "[per-client] python -> rust send accepted")
+    out, _ = listener.communicate(timeout=WAIT)
+    got = [json.loads(line) for line in out.splitlines() if line.strip()]
+    check(any(e.get("text") == "hello with per-client users" for e in got),
+          "[per-client] the Rust client (its own broker user) received it")
+    subprocess.run([BIN / "amqp-client", "--id", "rusty2", "send", me, "hello back"],
+                   env=env2, check=True, timeout=WAIT, stdout=subprocess.DEVNULL)
+    [m] = py.wait_messages(1)
+    check(m.text == "hello back", "[per-client] rust -> python received")
+    reply = py.request(history=pb.HistoryRequest(client_id=me))
+    check([h.text for h in reply.history.messages] == ["hello with per-client users"],
+          "[per-client] history")
+
+    refused("[per-client] consuming another client's inbox",
+            lambda: py.conn.channel().basic_consume(f"{NS2}.client.rusty2", lambda *a: None))
+    refused("[per-client] purging another client's inbox",
+            lambda: py.conn.channel().queue_purge(f"{NS2}.client.rusty2"))
+
+    def publish_default():
+        ch = py.conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", f"{NS2}.client.rusty2", b"forged")
+    refused("[per-client] publishing to the default exchange", publish_default)
+
+    def publish_deliver():
+        ch = py.conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(f"{NS2}.deliver", "rusty2", b"forged")
+    refused("[per-client] publishing to <ns>.deliver", publish_deliver)
+    py.close()
+    check_reply_to_refused(pb, NS2, own, victim="rusty2")
+
+
+def delete_users(ns, clients):
+    """Per-client part: the users the server created (docs: Broker accounts)."""
+    for user in [f"{ns}.register"] + [f"{ns}.client.{c}" for c in clients]:
+        try:
+            mgmt("DELETE", "users/" + urllib.parse.quote(user, safe=""))
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                print(f"cannot delete broker user {user}: {e}", file=sys.stderr)
+        except (urllib.error.URLError, OSError):
+            return
+
+
+def cleanup(ns, clients):
     conn = pika.BlockingConnection(pika.URLParameters(URL))
     ch = conn.channel()
-    for q in [f"{NS}.server", f"{NS}.dead"] + [f"{NS}.client.{c}" for c in clients]:
+    for q in [f"{ns}.server", f"{ns}.dead"] + [f"{ns}.client.{c}" for c in clients]:
         ch.queue_delete(q)
-    ch.exchange_delete(f"{NS}.deliver")
+    for x in [f"{ns}.deliver", f"{ns}.requests"]:
+        ch.exchange_delete(x)
     conn.close()
 
 

@@ -185,6 +185,16 @@ ok "all published ports accept connections"
 check_stack grpc
 check_stack amqp
 
+step "amqp: per-client broker users (alice, bob, carol have their own; only their own queue)"
+c exec -T rabbitmq rabbitmqctl -q list_users >"$WORK/users.log" 2>&1 || { cat "$WORK/users.log" >&2; fail "rabbitmqctl list_users failed"; }
+for u in chat.register chat.client.alice chat.client.bob chat.client.carol; do
+    grep -q "^$u[[:space:]]" "$WORK/users.log" || { sed 's/^/      /' "$WORK/users.log" >&2; fail "broker user $u missing"; }
+done
+c exec -T rabbitmq rabbitmqctl -q list_user_permissions chat.client.alice >"$WORK/perms.log" 2>&1 ||
+    { cat "$WORK/perms.log" >&2; fail "rabbitmqctl list_user_permissions failed"; }
+grep -qF 'chat\.client\.alice' "$WORK/perms.log" || { sed 's/^/      /' "$WORK/perms.log" >&2; fail "alice's permissions do not name her queue"; }
+ok "$(grep -c '^chat\.' "$WORK/users.log") chat broker user(s); alice's: $(tr -s '[:space:]' ' ' <"$WORK/perms.log")"
+
 step "no panics in any log"
 if c logs --no-color 2>&1 | grep -n "panicked at" >&2; then fail "a container panicked"; fi
 ok "none"

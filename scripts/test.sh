@@ -4,7 +4,11 @@
 # (default amqp://guest:guest@127.0.0.1:5672/%2f) is used when it answers;
 # otherwise this script starts one, saying how: the compose file's rabbitmq
 # service when a Docker engine runs, else a local rabbitmq-server (installing
-# Debian's package when missing). Extra arguments go to `cargo test`.
+# Debian's package when missing). The tests of per-client broker users also
+# need RabbitMQ's management API at $CHAT_AMQP_MANAGEMENT_URL (default
+# http://guest:guest@<broker host>:15672): on a local broker this script
+# enables the plugin (online, no restart) when the API does not answer.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,6 +19,13 @@ hostport="${hostport%%/*}"
 host="${hostport%%:*}"
 port="${hostport##*:}"
 [ "$port" = "$hostport" ] && port=5672
+
+export CHAT_AMQP_MANAGEMENT_URL="${CHAT_AMQP_MANAGEMENT_URL:-http://guest:guest@$host:15672}"
+mgmt_hostport="${CHAT_AMQP_MANAGEMENT_URL#*://}"
+mgmt_hostport="${mgmt_hostport#*@}"
+mgmt_hostport="${mgmt_hostport%%/*}"
+mgmt_port="${mgmt_hostport##*:}"
+[ "$mgmt_port" = "$mgmt_hostport" ] && mgmt_port=80
 
 say() { echo "test.sh: $*" >&2; }
 
@@ -48,7 +59,7 @@ else
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
      && { command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1; }; then
     say "starting the compose file's rabbitmq service on port $port (docker; stop it with: docker-compose -p chatbench-test down -v)"
-    AMQP_PORT="$port" CHAT_BIND_ADDR=127.0.0.1 compose -p chatbench-test up -d rabbitmq
+    AMQP_PORT="$port" RABBITMQ_UI_PORT="$mgmt_port" CHAT_BIND_ADDR=127.0.0.1 compose -p chatbench-test up -d rabbitmq
   else
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
       say "rabbitmq-server is not installed; installing Debian's package"
@@ -67,6 +78,45 @@ else
     exit 1
   fi
   say "broker is up at $host:$port"
+fi
+
+# True when the management API answers with the URL's account (GET
+# /api/whoami). Python's standard library speaks HTTP with basic auth
+# whether or not curl is installed.
+management_answers() {
+  timeout 10 python3 - "$CHAT_AMQP_MANAGEMENT_URL" <<'PY' >/dev/null 2>&1
+import base64, sys, urllib.parse, urllib.request
+u = urllib.parse.urlsplit(sys.argv[1])
+req = urllib.request.Request(f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}/api/whoami")
+auth = f"{urllib.parse.unquote(u.username or '')}:{urllib.parse.unquote(u.password or '')}"
+req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+urllib.request.urlopen(req, timeout=5).read()
+PY
+}
+
+redacted_mgmt="$(echo "$CHAT_AMQP_MANAGEMENT_URL" | sed -E 's#://([^:@/]*):[^@/]*@#://\1:***@#')"
+if management_answers; then
+  say "the RabbitMQ management API answers at $redacted_mgmt"
+else
+  case "$host" in
+    127.0.0.1 | localhost)
+      if command -v rabbitmq-plugins >/dev/null 2>&1; then
+        say "the management API does not answer at $redacted_mgmt; enabling it: rabbitmq-plugins enable rabbitmq_management"
+        rabbitmq-plugins enable rabbitmq_management >/dev/null || true
+        for _ in $(seq 1 30); do
+          management_answers && break
+          sleep 2
+        done
+      fi
+      ;;
+  esac
+  if management_answers; then
+    say "the RabbitMQ management API answers at $redacted_mgmt"
+  else
+    say "WARNING: the RabbitMQ management API does not answer at $redacted_mgmt:"
+    say "  the tests of per-client broker users (amqp/tests/broker_users.rs, the per_client e2e scenarios) will FAIL."
+    say "  Enable it on the broker (rabbitmq-plugins enable rabbitmq_management) or set CHAT_AMQP_MANAGEMENT_URL."
+  fi
 fi
 
 # cargo prints one "test result" line per test binary; the last of them is

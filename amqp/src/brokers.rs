@@ -25,6 +25,7 @@ use std::time::Duration;
 use lapin::Connection;
 use lapin::uri::AMQPUri;
 
+use crate::broker_users::Login;
 use crate::deadline::bounded;
 use crate::error::AmqpError;
 use crate::server::{connection_properties, redact};
@@ -131,16 +132,37 @@ impl Brokers {
     /// attempt is bounded by `bound`. With one URL its error is returned as
     /// is; with several, one error lists why each failed.
     pub async fn connect(&self, name: &str, bound: Duration) -> Result<Connected, AmqpError> {
+        self.connect_as(name, bound, None).await
+    }
+
+    /// [`Self::connect`], logging in as `login` instead of the URLs' own
+    /// user (per-client broker users: [`crate::broker_users`]).
+    pub async fn connect_as(
+        &self,
+        name: &str,
+        bound: Duration,
+        login: Option<&Login>,
+    ) -> Result<Connected, AmqpError> {
         let mut failures = Vec::new();
         let mut last = None;
         for index in self.order() {
-            let url = redact(&self.urls[index]);
-            let uri = heartbeat_uri(&self.urls[index], self.heartbeat).map_err(|reason| {
-                AmqpError::InvalidUrl {
-                    url: url.clone(),
+            let raw = &self.urls[index];
+            let url = match login {
+                None => redact(raw),
+                Some(login) => redact_as(raw, &login.user),
+            };
+            let uri = heartbeat_uri(raw, self.heartbeat)
+                .map(|mut uri| {
+                    if let Some(login) = login {
+                        uri.authority.userinfo.username.clone_from(&login.user);
+                        uri.authority.userinfo.password.clone_from(&login.password);
+                    }
+                    uri
+                })
+                .map_err(|reason| AmqpError::InvalidUrl {
+                    url: redact(raw),
                     reason,
-                }
-            });
+                });
             let attempt = async {
                 Ok::<_, AmqpError>(
                     Connection::connect_uri(uri?, connection_properties(name)).await?,
@@ -189,6 +211,15 @@ pub fn heartbeat_uri(url: &str, secs: u16) -> Result<AMQPUri, String> {
     Ok(uri)
 }
 
+/// `url` without its password, with `user` in place of its own user.
+fn redact_as(url: &str, user: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact(url);
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:***@{host}")
+}
+
 /// `n` indexes starting at `first` (modulo `n`), wrapping around.
 fn rotation(first: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| (first + i) % n).collect()
@@ -215,6 +246,15 @@ mod tests {
             b.redacted(),
             "amqp://guest:***@a:5672/%2f,amqp://u:***@b/%2f"
         );
+    }
+
+    #[test]
+    fn another_login_is_shown_without_its_password() {
+        assert_eq!(
+            redact_as(A, "ns.client.al"),
+            "amqp://ns.client.al:***@a:5672/%2f"
+        );
+        assert_eq!(redact_as("amqp://h/%2f", "u"), "amqp://u:***@h/%2f");
     }
 
     #[test]

@@ -50,6 +50,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::AmqpConfig;
+use crate::broker_users::{BrokerAuth, RELOGIN_TIMEOUT, client_login, register_login};
 use crate::brokers::{Brokers, Connected};
 use crate::error::{AmqpError, rejected};
 use crate::server::{close_connection, redact};
@@ -120,6 +121,9 @@ impl Joined {
 /// One broker connection and what hangs off it.
 struct Link {
     conn: Connection,
+    /// Per-client mode: logged in as the bootstrap user `<ns>.register`
+    /// (this ID has no broker user yet), which may only register.
+    bootstrap: bool,
     publish: Channel,
     reply_queue: ShortString,
     generation: u64,
@@ -186,17 +190,65 @@ impl Shared {
         lock(&self.joined).clone()
     }
 
+    fn per_client(&self) -> bool {
+        self.config.broker_auth == BrokerAuth::PerClient
+    }
+
+    /// Connects with the shared account of the URL, or in per-client mode
+    /// as this ID's own broker user, falling back to the bootstrap user
+    /// when the broker refuses that login (the ID has no user yet).
+    async fn connect_broker(&self, name: &str) -> Result<(Connected, bool), AmqpError> {
+        if !self.per_client() {
+            return Ok((self.brokers.connect(name, CONNECT_TIMEOUT).await?, false));
+        }
+        let own = client_login(&self.names, &self.id, self.secret.expose());
+        match self
+            .brokers
+            .connect_as(name, CONNECT_TIMEOUT, Some(&own))
+            .await
+        {
+            Ok(c) => return Ok((c, false)),
+            Err(e) if login_refused(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let bootstrap = register_login(&self.names, &self.config.register_password);
+        tracing::debug!(
+            user = %bootstrap.user,
+            "the broker refuses the login as {}; connecting as the bootstrap user to register",
+            own.user
+        );
+        match self
+            .brokers
+            .connect_as(name, CONNECT_TIMEOUT, Some(&bootstrap))
+            .await
+        {
+            Ok(c) => Ok((c, true)),
+            Err(e) if login_refused(&e) => Err(AmqpError::Config(format!(
+                "the broker refuses the logins of both broker users {} and {} (--broker-auth per-client): is an amqp-server running with --broker-auth per-client on namespace {} of this broker, with the same --register-password?",
+                own.user,
+                bootstrap.user,
+                self.names.namespace()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a connection: publish channel with confirms, the request queue
-    /// (so requests wait even if no server ever ran) and the reply queue.
+    /// and its exchange (shared account: so requests wait even if no server
+    /// ever ran) and the reply queue.
     async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, AmqpError> {
         let name = format!("amqp-client {}/{}", self.names.namespace(), self.id);
-        let Connected { conn, index, url } = self.brokers.connect(&name, CONNECT_TIMEOUT).await?;
-        tracing::debug!(broker = %url, "connected");
+        let (Connected { conn, index, url }, bootstrap) = self.connect_broker(&name).await?;
+        tracing::debug!(broker = %url, bootstrap, "connected");
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_server_queue(&publish, &self.names).await?;
+        if !self.per_client() {
+            // A per-client user may not declare them; the server has.
+            topology::declare_server_queue(&publish, &self.names).await?;
+            topology::declare_request_route(&publish, &self.names).await?;
+        }
         let replies = conn.create_channel().await?;
         let queue = replies
             .queue_declare(
@@ -223,6 +275,7 @@ impl Shared {
             .await?;
         let link = Arc::new(Link {
             conn,
+            bootstrap,
             publish,
             reply_queue: queue.name().clone(),
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed) + 1,
@@ -271,7 +324,7 @@ impl Shared {
         let sent = link
             .publish
             .basic_publish(
-                "".into(),
+                self.names.requests_exchange().into(),
                 self.names.server_queue().into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -333,6 +386,43 @@ impl Shared {
         }
     }
 
+    /// Per-client mode, after a successful `register` on a bootstrap link:
+    /// the server has created this ID's broker user, so the link is
+    /// replaced by one logged in as that user. Returns once it is up.
+    async fn relogin(&self) -> Result<(), ClientError> {
+        let Some(old) = self.link.borrow().clone() else {
+            return Ok(());
+        };
+        if !old.bootstrap {
+            return Ok(());
+        }
+        let mut links = self.link.subscribe();
+        old.trigger(RELOGIN);
+        let next = tokio::time::timeout(
+            RELOGIN_TIMEOUT,
+            links.wait_for(|l| l.as_ref().is_some_and(|l| l.generation > old.generation)),
+        )
+        .await;
+        let link = match next {
+            Ok(Ok(l)) => l.clone(),
+            Ok(Err(_)) => return Err(self.unavailable("client closed")),
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "registered, but no connection as broker user {} within {RELOGIN_TIMEOUT:?}",
+                    self.names.client_user(&self.id)
+                )));
+            }
+        };
+        match link {
+            Some(l) if !l.bootstrap => Ok(()),
+            _ => Err(self.unavailable(format!(
+                "registered, but the broker still refuses the login as {}: is the amqp-server of namespace {} running with --broker-auth per-client?",
+                self.names.client_user(&self.id),
+                self.names.namespace()
+            ))),
+        }
+    }
+
     /// Starts consuming the inbox on `link` (and says `Connected` if
     /// `announce`: after a reconnection). `Err(None)`: the ID is online
     /// elsewhere; `Err(Some(e))`: a broker failure.
@@ -342,12 +432,22 @@ impl Shared {
         joined: Joined,
         announce: bool,
     ) -> Result<(), Option<AmqpError>> {
+        if link.bootstrap {
+            return Err(Some(AmqpError::Config(format!(
+                "client {} has no broker user (the broker refuses its login): register again, with an amqp-server in --broker-auth per-client mode",
+                self.id
+            ))));
+        }
         let setup = async {
             let ch = link.conn.create_channel().await?;
             ch.basic_qos(topology::CLIENT_PREFETCH, BasicQosOptions::default())
                 .await?;
-            topology::declare_deliver_exchange(&ch, &self.names).await?;
-            topology::declare_client_queue(&ch, &self.names, &self.id).await?;
+            if !self.per_client() {
+                // The server declared and bound it at registration; a
+                // per-client user may not declare anything durable.
+                topology::declare_deliver_exchange(&ch, &self.names).await?;
+                topology::declare_client_queue(&ch, &self.names, &self.id).await?;
+            }
             let consumer = ch
                 .basic_consume(
                     self.names.client_queue(&self.id).into(),
@@ -455,23 +555,32 @@ impl Shared {
                 _ = stop.changed() => break,
                 r = link.wait_broken() => r,
             };
-            // Info, not warn: the CLI shows the Reconnecting state itself.
-            tracing::info!("lost the broker connection: {reason}; reconnecting");
-            self.brokers.lost(link.node);
+            let mut relogin = reason == RELOGIN;
+            if relogin {
+                tracing::debug!("registered: logging in again as the own broker user");
+            } else {
+                // Info, not warn: the CLI shows the Reconnecting state itself.
+                tracing::info!("lost the broker connection: {reason}; reconnecting");
+                self.brokers.lost(link.node);
+            }
             self.link.send_replace(None);
             link.close().await;
             let joined = self.joined();
-            if let Some(j) = &joined {
+            if let Some(j) = &joined
+                && !relogin
+            {
                 j.state(ConnectionState::Reconnecting {
                     reason: reason.clone(),
                 })
                 .await;
             }
             link = loop {
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(delay) => {}
+                if !std::mem::take(&mut relogin) {
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
                 match self.open_link().await {
                     Ok(l) => break l,
@@ -481,7 +590,8 @@ impl Shared {
                     ),
                 }
             };
-            if let Some(j) = self.joined() {
+            let rejoin = self.joined().filter(|_| !link.bootstrap);
+            if let Some(j) = rejoin {
                 match self.open_inbox(&link, j.clone(), true).await {
                     Ok(()) => {}
                     Err(None) => {
@@ -499,7 +609,9 @@ impl Shared {
                     }
                 }
             }
-            backoff.reset();
+            if !link.bootstrap {
+                backoff.reset();
+            }
             self.link.send_replace(Some(link.clone()));
             let again: Vec<(String, Vec<u8>)> = lock(&self.pending)
                 .iter()
@@ -514,8 +626,43 @@ impl Shared {
             for (corr, body) in again {
                 self.publish_request(&link, &corr, &body).await;
             }
+            if link.bootstrap && self.joined().is_some() {
+                // Joined, but the broker refuses our own login: the user is
+                // gone (deleted by an operator, which also closed our
+                // connection, or lost by the broker). Register again; the
+                // server recreates the user, and the relogin that follows
+                // re-opens the inbox.
+                tracing::warn!(
+                    "the broker refuses the login as {}: registering again to get the broker user back",
+                    self.names.client_user(&self.id)
+                );
+                let (me, l) = (self.clone(), link.clone());
+                link.spawn(async move {
+                    let register = pb::request::Body::Register(pb::RegisterRequest {
+                        client_id: me.id.to_string(),
+                    });
+                    match me.request(register).await {
+                        Ok(_) => l.trigger(RELOGIN),
+                        Err(e) => l.trigger(format!("registering {} again failed: {e}", me.id)),
+                    }
+                });
+            }
         }
         link.close().await;
+    }
+}
+
+/// The reason a bootstrap link is closed after a registration: the manager
+/// opens the next one at once, as the client's own broker user.
+const RELOGIN: &str = "registered: logging in as the own broker user";
+
+/// The broker refused the login (wrong user or password): in per-client
+/// mode, an ID without a broker user yet.
+fn login_refused(e: &AmqpError) -> bool {
+    match e {
+        AmqpError::Broker(e) => matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))),
+        _ => false,
     }
 }
 
@@ -584,10 +731,12 @@ impl ChatClient for AmqpClient {
                 client_id: self.shared.id.to_string(),
             }))
             .await?;
-        match reply {
-            pb::reply::Body::Register(r) => Ok(r.created),
-            other => Err(unexpected(other)),
-        }
+        let created = match reply {
+            pb::reply::Body::Register(r) => r.created,
+            other => return Err(unexpected(other)),
+        };
+        self.shared.relogin().await?;
+        Ok(created)
     }
 
     async fn join_after(&self, after_seq: u64) -> Result<Incoming, ClientError> {
@@ -663,19 +812,17 @@ impl ChatClient for AmqpClient {
     }
 
     async fn history(&self) -> Result<Vec<Message>, ClientError> {
-        match self
-            .shared
-            .request(pb::request::Body::History(pb::HistoryRequest {
+        chat_core::client::all_history_pages(|after| async move {
+            let body = pb::request::Body::History(pb::HistoryRequest {
                 client_id: self.shared.id.to_string(),
-            }))
-            .await?
-        {
-            pb::reply::Body::History(r) => r
-                .messages
-                .into_iter()
-                .map(|m| Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string())))
-                .collect(),
-            other => Err(unexpected(other)),
-        }
+                after,
+                limit: 0,
+            });
+            match self.shared.request(body).await? {
+                pb::reply::Body::History(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
     }
 }

@@ -48,6 +48,16 @@ pub enum AmqpError {
     /// None of several broker URLs answered; says why for each.
     #[error("no broker of the list answered: {0}")]
     NoBroker(String),
+    /// The RabbitMQ management API refused or failed a call (per-client
+    /// broker users); says which call and what to fix.
+    #[error("{0}")]
+    Management(String),
+    /// The RabbitMQ management API does not answer (not enabled, wrong URL).
+    #[error("{0}")]
+    ManagementUnreachable(String),
+    /// Per-client broker users are on, but the server lacks what it needs.
+    #[error("{0}")]
+    Config(String),
     /// The broker answered, but the chat server is not there.
     #[error("{0}")]
     Unhealthy(String),

@@ -13,6 +13,7 @@
 //! nodes of a cluster, [`brokers`]), they reconnect to the next node, and
 //! with `--queue-type quorum` the queues survive losing a node.
 
+pub mod broker_users;
 pub mod brokers;
 pub mod client;
 pub mod deadline;
@@ -21,6 +22,7 @@ mod request;
 pub mod server;
 pub mod topology;
 
+pub use broker_users::BrokerAuth;
 pub use client::AmqpClient;
 pub use error::AmqpError;
 pub use server::{health, run};
@@ -65,6 +67,14 @@ pub struct AmqpConfig {
     /// AMQP heartbeat asked for, in seconds (0: the broker's value); a
     /// `?heartbeat=` in a URL wins ([`brokers::heartbeat_uri`]).
     pub heartbeat: u16,
+    /// Shared broker account, or one broker user per client
+    /// ([`broker_users`]).
+    pub broker_auth: BrokerAuth,
+    /// Server, per-client mode: the RabbitMQ management API, admin account
+    /// in the userinfo (`http://guest:guest@127.0.0.1:15672`).
+    pub management_url: Option<String>,
+    /// Per-client mode: password of the bootstrap user `<ns>.register`.
+    pub register_password: String,
 }
 
 impl AmqpConfig {
@@ -75,6 +85,9 @@ impl AmqpConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             queue_type: QueueType::Classic,
             heartbeat: DEFAULT_HEARTBEAT_SECS,
+            broker_auth: BrokerAuth::Shared,
+            management_url: None,
+            register_password: broker_users::DEFAULT_REGISTER_PASSWORD.to_owned(),
         }
     }
 
@@ -87,6 +100,19 @@ impl AmqpConfig {
     /// The broker list of this configuration, with its heartbeat.
     pub fn brokers(&self) -> brokers::Brokers {
         brokers::Brokers::new(&self.url).with_heartbeat(self.heartbeat)
+    }
+
+    /// The same configuration in per-client broker-user mode; the server
+    /// also needs [`Self::with_management_url`].
+    pub fn with_broker_auth(mut self, broker_auth: BrokerAuth) -> Self {
+        self.broker_auth = broker_auth;
+        self
+    }
+
+    /// Where the server manages broker users (per-client mode).
+    pub fn with_management_url(mut self, url: impl Into<String>) -> Self {
+        self.management_url = Some(url.into());
+        self
     }
 
     /// The same configuration with durable queues of type `queue_type`.
@@ -130,12 +156,28 @@ pub struct AmqpArgs {
     /// the broker's value (RabbitMQ: 60). A `heartbeat=` in the URL wins.
     #[arg(long, env = "CHAT_AMQP_HEARTBEAT", value_name = "SECS", default_value_t = DEFAULT_HEARTBEAT_SECS, global = true)]
     pub heartbeat: u16,
+    /// Broker accounts: `shared` (everyone uses the account of the AMQP
+    /// URL; the broker enforces nothing per client) or `per-client` (the
+    /// server creates a broker user per client through the management API,
+    /// whose permissions reach only its own queue; a client then logs in as
+    /// that user, with its secret, and ignores the URL's user). Server and
+    /// clients must agree on it.
+    #[arg(long, env = "CHAT_AMQP_BROKER_AUTH", value_enum, default_value_t = BrokerAuth::Shared, global = true)]
+    pub broker_auth: BrokerAuth,
+    /// Per-client mode: password of the bootstrap broker user
+    /// `<namespace>.register`, which may only register (public by design;
+    /// server and clients must agree on it).
+    #[arg(long, env = "CHAT_AMQP_REGISTER_PASSWORD", default_value = broker_users::DEFAULT_REGISTER_PASSWORD, global = true)]
+    pub register_password: String,
 }
 
 impl AmqpArgs {
     pub fn config(&self) -> AmqpConfig {
-        AmqpConfig::new(self.amqp_url.clone(), self.namespace.clone())
+        let mut config = AmqpConfig::new(self.amqp_url.clone(), self.namespace.clone())
             .with_queue_type(self.queue_type)
             .with_heartbeat(self.heartbeat)
+            .with_broker_auth(self.broker_auth);
+        config.register_password = self.register_password.clone();
+        config
     }
 }

@@ -94,7 +94,10 @@ mod tests {
                     pb::SendRequest { id, from, to, text }
                 )),
             Just(pb::request::Body::ListClients(pb::ListClientsRequest {})),
-            id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest { client_id })),
+            id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
+                client_id,
+                ..Default::default()
+            })),
         ];
         let auth = prop::option::of(
             (
@@ -125,7 +128,10 @@ mod tests {
             }
             pb::request::Body::History(h) => {
                 let principal = server.authenticate(&creds)?;
-                server.history(&principal, &h.client_id).map(drop)
+                server
+                    .history_page(&principal, &h.client_id, h.after, h.limit)
+                    .await
+                    .map(drop)
             }
         }
     }

@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_core::backoff::Backoff;
-use chat_core::{ChatError, ChatServer, ClientId, ClientInfo, Credentials};
+use chat_core::{ChatError, ChatServer, ClientId, ClientInfo, Credentials, ErrorCode};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use lapin::message::Delivery;
@@ -70,9 +70,10 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::AmqpConfig;
+use crate::broker_users::{BrokerAuth, BrokerUsers};
 use crate::brokers::{Brokers, Connected};
 use crate::deadline::{bounded, op_timeout};
-use crate::error::{AmqpError, error_reply};
+use crate::error::{AmqpError, error_reply, error_reply_with};
 use crate::request;
 use crate::topology::{self, Names};
 
@@ -115,6 +116,26 @@ pub async fn run(
         server.shutdown();
         return Err(e);
     }
+    let users = match config.broker_auth {
+        BrokerAuth::Shared => None,
+        BrokerAuth::PerClient => {
+            let Some(management) = &config.management_url else {
+                server.shutdown();
+                return Err(AmqpError::Config(
+                    "--broker-auth per-client needs --management-url (CHAT_AMQP_MANAGEMENT_URL), the RabbitMQ management API with an administrator account, e.g. http://guest:guest@127.0.0.1:15672".into(),
+                ));
+            };
+            let setup =
+                BrokerUsers::setup(management, &config.url, &names, &config.register_password);
+            match setup.await {
+                Ok(users) => Some(Arc::new(users)),
+                Err(e) => {
+                    server.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+    };
     let mut shutdown = pin!(shutdown.fuse());
     let mut backoff = Backoff::new();
     let mut served = false;
@@ -147,7 +168,7 @@ pub async fn run(
             heartbeat_secs = conn.configuration().heartbeat(),
             "connected to the broker"
         );
-        let outcome = serve(&conn, &server, &names, &url, &mut shutdown).await;
+        let outcome = serve(&conn, &server, &names, users.clone(), &url, &mut shutdown).await;
         if matches!(outcome, Outcome::Lost(_) | Outcome::SetupFailed(_)) {
             // The next attempt starts with the next node of the list.
             brokers.lost(index);
@@ -326,6 +347,8 @@ struct Generation {
     declared: Mutex<HashSet<ClientId>>,
     forwarder: ForwardQueue,
     broken: Broken,
+    /// Per-client mode: creates a client's broker user at registration.
+    users: Option<Arc<BrokerUsers>>,
 }
 
 impl Generation {
@@ -437,6 +460,7 @@ async fn serve(
     conn: &Connection,
     server: &ChatServer,
     names: &Names,
+    users: Option<Arc<BrokerUsers>>,
     url: &str,
     shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
 ) -> Outcome {
@@ -471,6 +495,7 @@ async fn serve(
         declared: Mutex::new(HashSet::new()),
         forwarder: ForwardQueue::default(),
         broken: Broken::new(),
+        users,
     });
     let mut tasks = JoinSet::new();
     let forwarder = tokio::spawn(forward(generation.clone()));
@@ -523,6 +548,28 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
         delivery,
     };
     let g = generation.clone();
+    if let Some(reply_to) = &request.reply_to
+        && !topology::is_reply_queue(reply_to.as_str())
+    {
+        // Answering would publish into that queue through the default
+        // exchange: into someone's inbox, say. Not carried out either (its
+        // sender could not learn the outcome); dead-lettered for inspection.
+        tracing::warn!(
+            reply_to = reply_to.as_str(),
+            "rejecting a request whose reply_to is not a server-named reply queue (amq.gen-*, amq.rabbitmq.reply-to)"
+        );
+        tasks.spawn(async move {
+            let rejected = request
+                .delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            if let Err(e) = rejected {
+                g.broken.trigger(e);
+            }
+        });
+        return;
+    }
     match body {
         Err(why) => {
             tracing::warn!(
@@ -567,7 +614,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 let result = match other {
                     pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
                     pb::request::Body::ListClients(_) => list(&g).await,
-                    pb::request::Body::History(h) => history(&g, &creds, &h.client_id),
+                    pb::request::Body::History(h) => history(&g, &creds, h).await,
                     pb::request::Body::Send(_) => unreachable!("handled above"),
                 };
                 match result {
@@ -580,6 +627,15 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                         g.reply(&request, error_reply(&e)).await;
                         request.ack(&g).await;
                     }
+                    Err(e @ (AmqpError::Management(_) | AmqpError::ManagementUnreachable(_))) => {
+                        // The ID is registered; its broker user is not (yet).
+                        // The client may register again (idempotent).
+                        tracing::error!("{e}");
+                        // The details (the management URL) stay in the log.
+                        let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
+                        g.reply(&request, error_reply_with(ErrorCode::Unavailable, why)).await;
+                        request.ack(&g).await;
+                    }
                     Err(e) => g.broken.trigger(e),
                 }
             });
@@ -590,7 +646,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
 async fn finish_send(
     g: &Generation,
     request: Request,
-    result: Result<Arc<chat_core::Message>, ChatError>,
+    result: Result<chat_core::Receipt, ChatError>,
 ) {
     match result {
         Ok(message) => {
@@ -631,6 +687,10 @@ async fn register(
     if queue.consumer_count() > 0 {
         return Err(ChatError::AlreadyOnline(id).into());
     }
+    if let Some(users) = &g.users {
+        // The secret was verified above: it becomes the broker password.
+        users.grant(&id, &creds.secret).await?;
+    }
     tracing::info!(client = %id, created, "client registered");
     Ok(pb::reply::Body::Register(pb::RegisterReply {
         client_id: id.to_string(),
@@ -656,15 +716,18 @@ async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
     }))
 }
 
-fn history(
+/// One page of the asker's history (see `HistoryRequest` in chat.proto).
+async fn history(
     g: &Generation,
     creds: &Credentials,
-    raw_id: &str,
+    req: pb::HistoryRequest,
 ) -> Result<pb::reply::Body, AmqpError> {
     let principal = g.server.authenticate(creds)?;
-    Ok(pb::reply::Body::History(
-        g.server.history_reply(&principal, raw_id)?,
-    ))
+    let page = g
+        .server
+        .history_page(&principal, &req.client_id, req.after, req.limit)
+        .await?;
+    Ok(pb::reply::Body::History(page))
 }
 
 /// Keeps chat-core's count of what waits unread in the client queues
@@ -724,7 +787,7 @@ struct Waiter {
 impl ForwardQueue {
     /// Wakes the forwarder for a newly accepted message and returns what
     /// resolves once it is confirmed (or was already).
-    fn track(&self, m: &chat_core::Message) -> oneshot::Receiver<()> {
+    fn track(&self, m: &chat_core::Receipt) -> oneshot::Receiver<()> {
         let (done, rx) = oneshot::channel();
         self.waiters
             .lock()

@@ -1,7 +1,7 @@
 //! The broker-side layout of the chat (docs/amqp.md is the prose version).
 //!
 //! ```text
-//!  client --Request--> [default exchange] --"<ns>.server"--> <ns>.server --> amqp-server
+//!  client --Request--> <ns>.requests (direct) --"<ns>.server"--> <ns>.server --> amqp-server
 //!  amqp-server --ChatMessage--> <ns>.deliver (direct) --"<client id>"--> <ns>.client.<id> --> that client
 //!  amqp-server --Reply--> [default exchange] --reply_to--> the client's exclusive reply queue
 //!  poison requests (dead-lettered) --> <ns>.dead
@@ -17,6 +17,9 @@
 //!   the broker silently dropping the message.
 //! * One durable request queue for the server: requests sent while the
 //!   server is down wait there, and a restarted server picks them up.
+//!   Clients publish to it through the exchange `<ns>.requests`, so that
+//!   with per-client broker users ([`crate::broker_users`]) no client needs
+//!   write access to the default exchange (which reaches every queue).
 //! * Replies go to a per-connection, exclusive, server-named queue: it
 //!   disappears with the connection, so nothing piles up for a client that
 //!   is gone, and the `correlation_id` matches a reply to its request.
@@ -151,10 +154,27 @@ impl Names {
         format!("{}.deliver", self.ns)
     }
 
-    /// The server's request queue (clients publish to it through the
-    /// default exchange, routing key = this name).
+    /// The server's request queue (clients publish to it through
+    /// [`Self::requests_exchange`], routing key = this name).
     pub fn server_queue(&self) -> String {
         format!("{}.server", self.ns)
+    }
+
+    /// Exchange (direct, durable) that clients publish requests to, routing
+    /// key = [`Self::server_queue`]; bound to the request queue. A client
+    /// needs write access to it only, not to the default exchange.
+    pub fn requests_exchange(&self) -> String {
+        format!("{}.requests", self.ns)
+    }
+
+    /// The bootstrap broker user (per-client mode): may only register.
+    pub fn register_user(&self) -> String {
+        format!("{}.register", self.ns)
+    }
+
+    /// A client's own broker user (per-client mode); same name as its inbox.
+    pub fn client_user(&self, id: &ClientId) -> String {
+        self.client_queue(id)
     }
 
     /// Where rejected (poison) requests end up.
@@ -268,7 +288,43 @@ pub async fn declare_server_side(ch: &Channel, names: &Names) -> Result<(), Amqp
     );
     declare_durable(ch, names, &names.dead_queue(), dead_args).await?;
     declare_server_queue(ch, names).await?;
+    declare_request_route(ch, names).await?;
     Ok(())
+}
+
+/// Declares the request exchange `<ns>.requests` and binds the request
+/// queue to it (routing key `<ns>.server`). The server does it at start;
+/// a client with a shared broker account does it too (after declaring the
+/// queue), so that its requests wait even if no server ever ran.
+pub async fn declare_request_route(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
+    ch.exchange_declare(
+        names.requests_exchange().into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        names.server_queue().into(),
+        names.requests_exchange().into(),
+        names.server_queue().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether `reply_to` names a queue that only its own connection can use:
+/// a server-named queue (`amq.gen-…`) or RabbitMQ's direct reply-to
+/// (`amq.rabbitmq.reply-to…`). The server answers nothing else, so that a
+/// request cannot make it publish into someone's inbox (or any other
+/// durable queue) through the default exchange.
+pub fn is_reply_queue(reply_to: &str) -> bool {
+    reply_to.starts_with("amq.gen-") || reply_to.starts_with("amq.rabbitmq.reply-to")
 }
 
 pub async fn declare_deliver_exchange(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
@@ -340,11 +396,10 @@ pub async fn delete(
             .await?;
     }
     if server_side {
-        ch.exchange_delete(
-            names.deliver_exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+        for exchange in [names.deliver_exchange(), names.requests_exchange()] {
+            ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
     }
     crate::server::close_connection(&conn, "cleanup done").await;
     Ok(())
@@ -394,6 +449,17 @@ mod tests {
         assert_eq!(n.deliver_exchange(), "t-1.x.deliver");
         assert_eq!(n.client_queue(&id), "t-1.x.client.alice");
         assert_eq!(n.dead_queue(), "t-1.x.dead");
+        assert_eq!(n.requests_exchange(), "t-1.x.requests");
+    }
+
+    #[test]
+    fn only_connection_owned_queues_are_answered() {
+        assert!(is_reply_queue("amq.gen-JzTY20BRgKO-HjmUJj0wLg"));
+        assert!(is_reply_queue("amq.rabbitmq.reply-to"));
+        assert!(is_reply_queue("amq.rabbitmq.reply-to.g1h2AA.abc"));
+        for bad in ["t.client.bob", "t.server", "", "amq.gen", "xamq.gen-1"] {
+            assert!(!is_reply_queue(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,19 +13,30 @@ use chat_testkit::Stack;
 use common::Namespace;
 
 /// The AMQP stack: a namespace of its own on the broker at `AMQP_URL`,
-/// deleted when the test ends.
-struct Amqp {
+/// deleted when the test ends. `PER_CLIENT`: server and clients run with
+/// `--broker-auth per-client` (each client logs in as its own broker user,
+/// created by the server through the management API), so every scenario
+/// is proven in that mode too.
+struct AmqpStack<const PER_CLIENT: bool> {
     ns: Namespace,
 }
+
+/// The default mode: one shared broker account.
+type Amqp = AmqpStack<false>;
 
 /// Every client ID the scenarios use, so their queues are cleaned up.
 const SCENARIO_IDS: &[&str] = &["alice", "bob", "carol", "dave", "observer", "nobody"];
 
-impl Stack for Amqp {
+impl<const PER_CLIENT: bool> Stack for AmqpStack<PER_CLIENT> {
     type Client = AmqpClient;
 
     async fn new() -> Self {
-        let ns = Namespace::new();
+        let ns = if PER_CLIENT {
+            common::require_management().await;
+            Namespace::per_client()
+        } else {
+            Namespace::new()
+        };
         for id in SCENARIO_IDS {
             ns.track(id);
         }
@@ -37,12 +48,11 @@ impl Stack for Amqp {
     }
 
     fn server_args(&self) -> Vec<String> {
-        vec![
-            "--amqp-url".into(),
-            self.ns.url.clone(),
-            "--namespace".into(),
-            self.ns.name.clone(),
-        ]
+        let mut args = self.client_args();
+        if PER_CLIENT {
+            args.extend(["--management-url".into(), common::management_url()]);
+        }
+        args
     }
 
     fn server_ready(&self, line: &str) -> bool {
@@ -54,12 +64,16 @@ impl Stack for Amqp {
     }
 
     fn client_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--amqp-url".into(),
             self.ns.url.clone(),
             "--namespace".into(),
             self.ns.name.clone(),
-        ]
+        ];
+        if PER_CLIENT {
+            args.extend(["--broker-auth".into(), "per-client".into()]);
+        }
+        args
     }
 
     fn client_config(&self) -> AmqpConfig {
@@ -91,3 +105,10 @@ fn heartbeat_secs(liveness: Duration) -> u16 {
 }
 
 chat_testkit::chat_scenarios!(Amqp);
+
+/// Every scenario again with per-client broker users.
+mod per_client {
+    use super::*;
+
+    chat_testkit::chat_scenarios!(AmqpStack<true>);
+}

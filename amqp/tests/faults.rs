@@ -66,6 +66,7 @@ async fn requests_need_credentials_and_act_only_as_their_own_id() {
     let history = || {
         pb::request::Body::History(pb::HistoryRequest {
             client_id: "alice".into(),
+            ..Default::default()
         })
     };
     let register = || {

@@ -74,6 +74,7 @@ async fn control_characters_in_ids_are_refused() {
             }),
             pb::request::Body::History(pb::HistoryRequest {
                 client_id: (*bad).into(),
+                ..Default::default()
             }),
             send(bad, "bob", "hi"),
             send("bob", bad, "hi"),

@@ -158,7 +158,7 @@ fn core_ops(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("messages", count_label(n)), |b| {
             let me = principal(&p.server, "c0");
-            b.iter(|| black_box(p.server.history(&me, "c0").expect("valid ID")));
+            b.iter(|| black_box(rt.block_on(p.server.history(&me, "c0")).expect("valid ID")));
         });
     }
     g.finish();

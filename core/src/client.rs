@@ -321,6 +321,31 @@ impl IncomingSink {
     }
 }
 
+/// Fetches a whole history page by page (see `HistoryRequest` in
+/// `chat.proto`): `page(after)` asks for the page that follows the first
+/// `after` messages. Both transports' clients use it.
+pub async fn all_history_pages<F, Fut>(mut page: F) -> Result<Vec<Message>, ClientError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<chat_proto::v1::HistoryReply, ClientError>>,
+{
+    let mut all = Vec::new();
+    loop {
+        let reply = page(all.len() as u64).await?;
+        if reply.more && reply.messages.is_empty() {
+            return Err(ClientError::Protocol(
+                "the server said more history follows but sent an empty page".into(),
+            ));
+        }
+        for m in reply.messages {
+            all.push(Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string()))?);
+        }
+        if !reply.more {
+            return Ok(all);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,7 @@ pub(crate) struct Job {
     pub done: oneshot::Sender<Result<(), Arc<std::io::Error>>>,
 }
 
-/// What replay found on disk.
+/// What replay found in `state.journal`.
 #[derive(Debug, Default)]
 pub struct Replay {
     /// Registrations (ID, time, secret hash) in journal order; an ID may
@@ -74,14 +74,39 @@ pub struct Replay {
     pub registered: Vec<(ClientId, i64, Option<SecretHash>)>,
     /// Lines in `state.journal` (to decide whether compacting it pays).
     pub state_lines: usize,
-    /// Highest acknowledged seq per client.
-    pub acks: Vec<(ClientId, u64)>,
-    /// Every logged message in log order (seq still 0).
+    /// Every ack in journal order: client, seq, and the line it is on.
+    pub acks: Vec<(ClientId, u64, usize)>,
+    /// Every logged message in log order (seq still 0). Filled by
+    /// [`replay`] only; the server streams `log.txt` with [`scan_log`].
     pub messages: Vec<Message>,
 }
 
-/// Reads both files back. Creates the directory and files when missing.
+/// Where a line of `log.txt` is: its first byte, its length without the
+/// line end, and its 1-based line number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub offset: u64,
+    pub len: usize,
+    pub line: usize,
+}
+
+/// Reads both files back, every message into memory (for tools and tests;
+/// the server streams `log.txt` instead). Creates the directory and files
+/// when missing.
 pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
+    let mut out = read_state(dir)?;
+    let mut messages = Vec::new();
+    scan_log(dir, |_, _, m| {
+        messages.push(m);
+        Ok(())
+    })?;
+    out.messages = messages;
+    Ok(out)
+}
+
+/// Reads `state.journal` (registrations and acks). Creates the directory
+/// when missing.
+pub fn read_state(dir: &Path) -> Result<Replay, ChatError> {
     std::fs::create_dir_all(dir).map_err(|e| ChatError::storage(dir, e))?;
     let mut out = Replay::default();
 
@@ -114,7 +139,7 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
             (Some("ack"), Some(id), Some(seq), None, None) => {
                 match (ClientId::parse(id), seq.parse::<u64>()) {
                     (Ok(id), Ok(seq)) => {
-                        out.acks.push((id, seq));
+                        out.acks.push((id, seq, n + 1));
                         Some(())
                     }
                     _ => None,
@@ -126,22 +151,101 @@ pub fn replay(dir: &Path) -> Result<Replay, ChatError> {
             return Err(corrupt(&state, n + 1, &line));
         }
     }
-
-    let log = dir.join(LOG_FILE);
-    for (n, line) in read_complete_lines(&log)?.into_iter().enumerate() {
-        match log_line::parse_line(&line) {
-            Ok(m) => out.messages.push(m),
-            Err(why) => return Err(corrupt_because(&log, n + 1, &line, &why.to_string())),
-        }
-    }
     Ok(out)
+}
+
+/// Streams `log.txt`: calls `each` with the place, the text and the parsed
+/// message of every complete line, in order, without holding the file in
+/// memory. A torn last line (no newline: a crash in the middle of a write,
+/// never acknowledged) is cut off the file. A line that is not UTF-8 or not
+/// a message, or that `each` refuses, stops the scan with an error naming
+/// the file and the line. Returns the file's length after the scan.
+pub fn scan_log(
+    dir: &Path,
+    mut each: impl FnMut(Located, &str, Message) -> Result<(), ChatError>,
+) -> Result<u64, ChatError> {
+    use std::io::BufRead as _;
+    std::fs::create_dir_all(dir).map_err(|e| ChatError::storage(dir, e))?;
+    let path = dir.join(LOG_FILE);
+    let err = |e| ChatError::storage(&path, e);
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(err(e)),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, &file);
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut line_no = 0usize;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(err)?;
+        if n == 0 {
+            return Ok(offset);
+        }
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            tracing::warn!(
+                file = %path.display(),
+                bytes = n,
+                "dropping a torn last line left by a crash (it was never acknowledged)"
+            );
+            drop(reader);
+            file.set_len(offset).map_err(err)?;
+            return Ok(offset);
+        };
+        line_no += 1;
+        // A `\r` before the newline is tolerated (the server never writes
+        // one: it escapes `\r`).
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let text = std::str::from_utf8(line).map_err(|e| {
+            corrupt_because(
+                &path,
+                line_no,
+                &String::from_utf8_lossy(line),
+                &format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        let message = log_line::parse_line(text)
+            .map_err(|why| corrupt_because(&path, line_no, text, &why.to_string()))?;
+        let at = Located {
+            offset,
+            len: line.len(),
+            line: line_no,
+        };
+        each(at, text, message)?;
+        offset += n as u64;
+    }
+}
+
+/// Reads back the `log.txt` line at `at` (a place [`scan_log`] or the
+/// writer reported), from `file` opened on it.
+pub fn read_logged(file: &File, path: &Path, at: u64, len: usize) -> Result<Message, ChatError> {
+    use std::os::unix::fs::FileExt as _;
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, at)
+        .map_err(|e| ChatError::storage(path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ChatError::storage(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        )
+    })?;
+    log_line::parse_line(text).map_err(|why| {
+        ChatError::storage(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("at byte {at}: {why} (was log.txt changed while the server ran?)"),
+            ),
+        )
+    })
 }
 
 fn corrupt(path: &Path, line_no: usize, line: &str) -> ChatError {
     corrupt_because(path, line_no, line, "not a valid record")
 }
 
-fn corrupt_because(path: &Path, line_no: usize, line: &str, why: &str) -> ChatError {
+pub(crate) fn corrupt_because(path: &Path, line_no: usize, line: &str, why: &str) -> ChatError {
     ChatError::storage(
         path,
         std::io::Error::new(
@@ -204,8 +308,9 @@ fn read_complete_lines(path: &Path) -> Result<Vec<String>, ChatError> {
 pub(crate) type JobSender = mpsc::UnboundedSender<Job>;
 
 /// Called by the writer with each durable batch, in order, before the
-/// batch's senders are answered.
-pub(crate) type Publish = Box<dyn FnMut(&[Record]) + Send>;
+/// batch's senders are answered, with where in `log.txt` each message
+/// record's line went (offset and length, in the order of the messages).
+pub(crate) type Publish = Box<dyn FnMut(&[Record], &[(u64, usize)]) + Send>;
 
 /// Starts the writer thread over the files in `dir`.
 pub(crate) fn start_writer(
@@ -222,8 +327,12 @@ pub(crate) fn start_writer(
             .map_err(|e| ChatError::storage(&path, e))?;
         Ok((f, path))
     };
-    let (mut log, _) = open(LOG_FILE)?;
+    let (mut log, log_path) = open(LOG_FILE)?;
     let (mut state, _) = open(STATE_FILE)?;
+    let mut log_len = log
+        .metadata()
+        .map_err(|e| ChatError::storage(&log_path, e))?
+        .len();
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
 
     std::thread::Builder::new()
@@ -232,6 +341,7 @@ pub(crate) fn start_writer(
             let mut batch: Vec<Job> = Vec::new();
             let mut log_buf = String::new();
             let mut state_buf = String::new();
+            let mut places: Vec<(u64, usize)> = Vec::new();
             // After a failed append nothing more is written: accepting later
             // messages would give them sequence numbers that replay cannot
             // reproduce. The server keeps answering, with the storage error.
@@ -250,9 +360,16 @@ pub(crate) fn start_writer(
                 }
                 log_buf.clear();
                 state_buf.clear();
+                places.clear();
                 for job in &batch {
                     match &job.record {
-                        Record::Message(m) => log_line::write_line(&mut log_buf, m),
+                        Record::Message(m) => {
+                            let start = log_buf.len();
+                            log_line::write_line(&mut log_buf, m);
+                            // Without the newline, as `scan_log` reports it.
+                            let len = log_buf.len() - start - 1;
+                            places.push((log_len + start as u64, len));
+                        }
                         other => write_state_line(&mut state_buf, other),
                     }
                 }
@@ -260,9 +377,10 @@ pub(crate) fn start_writer(
                     .and_then(|()| append(&mut log, &log_buf, durability));
                 match result {
                     Ok(()) => {
+                        log_len += log_buf.len() as u64;
                         let (records, dones): (Vec<_>, Vec<_>) =
                             batch.drain(..).map(|j| (j.record, j.done)).unzip();
-                        publish(&records);
+                        publish(&records, &places);
                         for done in dones {
                             let _ = done.send(Ok(()));
                         }

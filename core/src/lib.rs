@@ -31,5 +31,5 @@ pub use error::{ChatError, ErrorCode};
 pub use id::{ClientId, MessageId};
 pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
-pub use message::{ClientInfo, Message};
+pub use message::{ClientInfo, Message, Receipt};
 pub use server::{ChatServer, ServerArgs, ServerConfig, Session};

@@ -21,6 +21,28 @@ pub struct Message {
     pub seq: u64,
 }
 
+/// What the server answers for an accepted message (also for a send
+/// retried with the same ID): enough to reply and to follow its delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: MessageId,
+    pub to: ClientId,
+    /// The message's seq in `to`'s stream.
+    pub seq: u64,
+    pub timestamp_ms: i64,
+}
+
+impl Receipt {
+    pub fn of(m: &Message) -> Self {
+        Self {
+            id: m.id,
+            to: m.to.clone(),
+            seq: m.seq,
+            timestamp_ms: m.timestamp_ms,
+        }
+    }
+}
+
 impl Message {
     /// The timestamp as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T09:36:39.123Z`.
     pub fn timestamp_rfc3339(&self) -> String {

@@ -41,12 +41,15 @@ use tokio::sync::{Notify, oneshot};
 use crate::error::ChatError;
 use crate::id::{ClientId, MessageId};
 use crate::identity::{Credentials, Principal, Secret, SecretHash};
-use crate::journal::{self, Durability, Job, JobSender, Record};
+use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Record};
 use crate::limits::Limits;
-use crate::message::{ClientInfo, Message, now_ms};
+use crate::message::{ClientInfo, Message, Receipt, now_ms};
 
 /// Most messages a session takes from the mailbox in one go.
 const SESSION_BATCH: usize = 256;
+
+/// Most messages in one history page (a request may ask for fewer).
+pub const MAX_HISTORY_PAGE: usize = 1000;
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -75,6 +78,8 @@ pub struct ChatServer {
 struct Inner {
     state: Arc<Mutex<State>>,
     journal: JobSender,
+    /// `log.txt`, opened for reading: histories are read back from it.
+    log: Arc<std::fs::File>,
     limits: Limits,
     data_dir: PathBuf,
     /// Held for the server's lifetime: one server per data directory.
@@ -84,10 +89,67 @@ struct Inner {
 #[derive(Default)]
 struct State {
     clients: BTreeMap<ClientId, Client>,
-    /// Every accepted message by ID, so a retried send is accepted once.
-    by_id: HashMap<MessageId, Arc<Message>>,
+    /// The most recently accepted messages by ID, so that a retried send is
+    /// accepted once (see [`Limits::dedupe_window`]).
+    recent: Recent,
     shutting_down: bool,
     next_session: u64,
+}
+
+/// A bounded window of accepted messages by ID: the last `cap` of them.
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<MessageId, Receipt>,
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl Recent {
+    fn with_capacity(cap: usize) -> Self {
+        Self {
+            by_id: HashMap::with_capacity(cap.min(1 << 16)),
+            order: VecDeque::with_capacity(cap.min(1 << 16)),
+            cap,
+        }
+    }
+
+    fn get(&self, id: &MessageId) -> Option<&Receipt> {
+        self.by_id.get(id)
+    }
+
+    fn insert(&mut self, accepted: Receipt) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.order.len() >= self.cap
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
+        }
+        self.order.push_back(accepted.id);
+        self.by_id.insert(accepted.id, accepted);
+    }
+}
+
+/// Where a message a client sent is in `log.txt` (its history is read
+/// back from there), and the seq it got: 24 bytes per message, instead of
+/// the whole message in memory.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    offset: u64,
+    seq: u64,
+    len: u32,
+}
+
+impl Sent {
+    fn new(offset: u64, len: usize, seq: u64) -> Self {
+        Self {
+            offset,
+            seq,
+            // A log line is bounded by the text limit, far below 4 GiB.
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -110,8 +172,8 @@ struct Client {
     /// [`ChatServer::set_queued_downstream`]); always 0 when the next hop
     /// is the client itself (gRPC). Counts towards `--max-pending`.
     queued_downstream: usize,
-    /// Messages this client sent, oldest first.
-    history: Vec<Arc<Message>>,
+    /// Where the messages this client sent are in `log.txt`, oldest first.
+    history: Vec<Sent>,
     /// Wakes this client's session when its mailbox grows.
     notify: Arc<Notify>,
 }
@@ -128,8 +190,11 @@ impl ChatServer {
     /// (see [`crate::data_lock`]).
     pub fn open(config: ServerConfig) -> Result<Self, ChatError> {
         let lock = crate::data_lock::lock(&config.data_dir)?;
-        let replay = journal::replay(&config.data_dir)?;
-        let mut state = State::default();
+        let replay = journal::read_state(&config.data_dir)?;
+        let mut state = State {
+            recent: Recent::with_capacity(config.limits.dedupe_window),
+            ..State::default()
+        };
         for (id, ts, secret) in replay.registered {
             let c = state.clients.entry(id).or_default();
             c.registered_ms = ts;
@@ -137,29 +202,40 @@ impl ChatServer {
                 c.secret = secret;
             }
         }
-        for (id, seq) in replay.acks {
-            let c = state.clients.entry(id).or_default();
-            c.acked = c.acked.max(seq);
-        }
-        let count = replay.messages.len();
-        for mut m in replay.messages {
-            let to = state.clients.entry(m.to.clone()).or_default();
-            to.assigned_seq += 1;
-            m.seq = to.assigned_seq;
-            let m = Arc::new(m);
-            if m.seq > to.acked {
-                to.mailbox.push_back(m.clone());
+        let state_path = config.data_dir.join(journal::STATE_FILE);
+        // The line of each client's highest ack, to name it if it is wrong.
+        let mut ack_lines: HashMap<ClientId, usize> = HashMap::new();
+        for (id, seq, line) in replay.acks {
+            let Some(c) = state.clients.get_mut(&id) else {
+                return Err(journal::corrupt_because(
+                    &state_path,
+                    line,
+                    &format!("ack {id} {seq}"),
+                    &format!("an ack for {id}, which no line of the file registers"),
+                ));
+            };
+            if seq >= c.acked {
+                c.acked = seq;
+                ack_lines.insert(id, line);
             }
-            state
-                .clients
-                .entry(m.from.clone())
-                .or_default()
-                .history
-                .push(m.clone());
-            state.by_id.insert(m.id, m);
         }
-        for c in state.clients.values_mut() {
-            c.acked = c.acked.min(c.assigned_seq);
+        let count = replay_log(&config.data_dir, &mut state)?;
+        for (id, c) in &state.clients {
+            if c.acked > c.assigned_seq {
+                let line = ack_lines.get(id).copied().unwrap_or(0);
+                return Err(journal::corrupt_because(
+                    &state_path,
+                    line,
+                    &format!("ack {id} {}", c.acked),
+                    &format!(
+                        "{id} acknowledged up to seq {} but log.txt has only {} messages \
+                         for {id}: log.txt is shorter than the journal says (restored \
+                         from an older copy?), and acknowledging messages that are not \
+                         there would hide any that arrive",
+                        c.acked, c.assigned_seq
+                    ),
+                ));
+            }
         }
         let snapshot: Vec<Record> = state
             .clients
@@ -186,12 +262,15 @@ impl ChatServer {
         let journal = journal::start_writer(
             &config.data_dir,
             config.durability,
-            Box::new(move |records| commit(&for_writer, records)),
+            Box::new(move |records, places| commit(&for_writer, records, places)),
         )?;
+        let log_path = config.data_dir.join(LOG_FILE);
+        let log = std::fs::File::open(&log_path).map_err(|e| ChatError::storage(&log_path, e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 state,
                 journal,
+                log: Arc::new(log),
                 limits: config.limits,
                 data_dir: config.data_dir,
                 _lock: lock,
@@ -284,7 +363,7 @@ impl ChatServer {
         &self,
         principal: &Principal,
         req: pb::SendRequest,
-    ) -> Result<Arc<Message>, ChatError> {
+    ) -> Result<Receipt, ChatError> {
         // Validated here, but the IDs the message carries are the registry's
         // own (an Arc clone), not two new allocations per message.
         ClientId::validate(&req.from)?;
@@ -292,12 +371,12 @@ impl ChatServer {
         let id = MessageId::parse_or_generate(&req.id)?;
         self.inner.limits.check_text(&req.text)?;
         principal.acting_as(&req.from)?;
-        let (message, rx) = {
+        let (receipt, rx) = {
             let mut st = self.lock();
             if st.shutting_down {
                 return Err(ChatError::ShuttingDown);
             }
-            if let Some(existing) = st.by_id.get(&id) {
+            if let Some(existing) = st.recent.get(&id) {
                 return Ok(existing.clone());
             }
             let Some((from, _)) = st.clients.get_key_value(req.from.as_str()) else {
@@ -326,12 +405,13 @@ impl ChatServer {
                 timestamp_ms: now_ms(),
                 seq: recipient.assigned_seq,
             });
-            st.by_id.insert(id, message.clone());
-            let rx = self.queue(Record::Message(message.clone()));
-            (message, rx)
+            let receipt = Receipt::of(&message);
+            st.recent.insert(receipt.clone());
+            let rx = self.queue(Record::Message(message));
+            (receipt, rx)
         };
         self.durable(rx).await?;
-        Ok(message)
+        Ok(receipt)
     }
 
     /// Claims `raw_id` online and returns the session that streams its
@@ -434,47 +514,89 @@ impl ChatServer {
             .collect()
     }
 
-    /// Every message sent by `raw_id` (which must be `principal`), oldest first.
-    pub fn history(
+    /// One page of the messages sent by `raw_id` (which must be
+    /// `principal`), oldest first: at most `limit` of them (0, or more than
+    /// [`MAX_HISTORY_PAGE`]: that many), starting after the first `after`,
+    /// and no more than fit in [`Limits::max_reply_bytes`]. `more` says
+    /// whether another page follows (ask again with `after` increased by
+    /// the number of messages received). Read back from `log.txt`.
+    pub async fn history_page(
         &self,
         principal: &Principal,
         raw_id: &str,
-    ) -> Result<Vec<Arc<Message>>, ChatError> {
+        after: u64,
+        limit: u32,
+    ) -> Result<pb::HistoryReply, ChatError> {
         principal.acting_as(raw_id)?;
-        Ok(self
-            .lock()
-            .clients
-            .get(&principal.id)
-            .map(|c| c.history.clone())
-            .unwrap_or_default())
+        let limit = match limit as usize {
+            0 => MAX_HISTORY_PAGE,
+            n => n.min(MAX_HISTORY_PAGE),
+        };
+        let (entries, total) = {
+            let st = self.lock();
+            let sent = st
+                .clients
+                .get(&principal.id)
+                .map_or(&[][..], |c| &c.history[..]);
+            let start = usize::try_from(after).unwrap_or(usize::MAX).min(sent.len());
+            let end = start.saturating_add(limit).min(sent.len());
+            (sent[start..end].to_vec(), sent.len() as u64)
+        };
+        let log = self.inner.log.clone();
+        let path = self.inner.data_dir.join(LOG_FILE);
+        let max = self.inner.limits.max_reply_bytes;
+        let id = principal.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reply = pb::HistoryReply::default();
+            // The reply's own fields (`more`) and framing, kept free.
+            let mut bytes = 16;
+            for sent in &entries {
+                let mut m = journal::read_logged(&log, &path, sent.offset, sent.len as usize)?;
+                m.seq = sent.seq;
+                let m = m.to_proto();
+                let len = prost::Message::encoded_len(&m);
+                let size = 1 + prost::encoding::encoded_len_varint(len as u64) as usize + len;
+                if bytes + size > max {
+                    if reply.messages.is_empty() {
+                        return Err(ChatError::ReplyTooLarge {
+                            id,
+                            messages: 1,
+                            bytes: bytes + size,
+                            max,
+                        });
+                    }
+                    break;
+                }
+                bytes += size;
+                reply.messages.push(m);
+            }
+            reply.more = after.saturating_add(reply.messages.len() as u64) < total;
+            Ok(reply)
+        })
+        .await
+        .map_err(|_| ChatError::ShuttingDown)?
     }
 
-    /// [`Self::history`] as one protobuf reply, refused with
-    /// [`ChatError::ReplyTooLarge`] when it would exceed
-    /// [`Limits::max_reply_bytes`] (both transports answer it this way).
-    pub fn history_reply(
+    /// Every message sent by `raw_id` (which must be `principal`), oldest
+    /// first: all pages of [`Self::history_page`].
+    pub async fn history(
         &self,
         principal: &Principal,
         raw_id: &str,
-    ) -> Result<pb::HistoryReply, ChatError> {
-        let reply = pb::HistoryReply {
-            messages: self
-                .history(principal, raw_id)?
-                .iter()
-                .map(|m| m.to_proto())
-                .collect(),
-        };
-        let bytes = prost::Message::encoded_len(&reply);
-        let max = self.inner.limits.max_reply_bytes;
-        if bytes > max {
-            return Err(ChatError::ReplyTooLarge {
-                id: principal.id.clone(),
-                messages: reply.messages.len(),
-                bytes,
-                max,
-            });
+    ) -> Result<Vec<Message>, ChatError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .history_page(principal, raw_id, all.len() as u64, 0)
+                .await?;
+            let more = page.more;
+            for m in page.messages {
+                all.push(Message::from_proto(m)?);
+            }
+            if !more {
+                return Ok(all);
+            }
         }
-        Ok(reply)
     }
 
     /// Every registered client with its cursor, for
@@ -589,21 +711,91 @@ fn claim(
     Ok((Principal { id }, true, Some(record)))
 }
 
+/// Rebuilds histories, mailboxes and the dedupe window from `log.txt`,
+/// refusing a file that contradicts itself or `state.journal`. Returns the
+/// number of messages.
+fn replay_log(dir: &Path, state: &mut State) -> Result<usize, ChatError> {
+    let path = dir.join(LOG_FILE);
+    // Every ID with its line and a hash of the line, to find a repeated
+    // line; dropped after replay. The same ID on two *different* lines is
+    // legitimate: a send retried after its ID left the dedupe window was
+    // accepted (and delivered) twice, and replay reproduces that.
+    let mut seen: HashMap<MessageId, (usize, u64)> = HashMap::new();
+    let mut count = 0;
+    journal::scan_log(dir, |at, line, m| {
+        let bad = |why: String| journal::corrupt_because(&path, at.line, line, &why);
+        let hash = {
+            use std::hash::{BuildHasher as _, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(line)
+        };
+        if let Some((first, first_hash)) = seen.insert(m.id, (at.line, hash))
+            && first_hash == hash
+        {
+            return Err(bad(format!(
+                "it repeats line {first} exactly (message {}); replaying it would deliver \
+                 that message twice (was a line copied, or a file restored twice?)",
+                m.id
+            )));
+        }
+        count += 1;
+        let Some((from, _)) = state.clients.get_key_value(&m.from) else {
+            return Err(bad(format!(
+                "the sender {} is not registered in {}",
+                m.from,
+                journal::STATE_FILE
+            )));
+        };
+        let from = from.clone();
+        let Some((to, _)) = state.clients.get_key_value(&m.to) else {
+            return Err(bad(format!(
+                "the recipient {} is not registered in {}",
+                m.to,
+                journal::STATE_FILE
+            )));
+        };
+        let to = to.clone();
+        let c = state.clients.get_mut(&to).expect("looked up above");
+        c.assigned_seq += 1;
+        let seq = c.assigned_seq;
+        let message = Message {
+            seq,
+            from: from.clone(),
+            to,
+            ..m
+        };
+        state.recent.insert(Receipt::of(&message));
+        if seq > c.acked {
+            c.mailbox.push_back(Arc::new(message));
+        }
+        state
+            .clients
+            .get_mut(&from)
+            .expect("looked up above")
+            .history
+            .push(Sent::new(at.offset, at.len, seq));
+        Ok(())
+    })?;
+    Ok(count)
+}
+
 /// Makes a durable batch visible: messages enter the sender's history and
 /// the recipient's mailbox, and the recipient's session is woken.
-fn commit(state: &Mutex<State>, records: &[Record]) {
+fn commit(state: &Mutex<State>, records: &[Record], places: &[(u64, usize)]) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    for record in records {
-        if let Record::Message(m) = record {
-            if let Some(from) = st.clients.get_mut(&m.from) {
-                from.history.push(m.clone());
+    let messages = records.iter().filter_map(|r| match r {
+        Record::Message(m) => Some(m),
+        _ => None,
+    });
+    for (m, &(offset, len)) in messages.zip(places) {
+        if let Some(from) = st.clients.get_mut(&m.from) {
+            from.history.push(Sent::new(offset, len, m.seq));
+        }
+        if let Some(to) = st.clients.get_mut(&m.to) {
+            if m.seq > to.acked {
+                to.mailbox.push_back(m.clone());
             }
-            if let Some(to) = st.clients.get_mut(&m.to) {
-                if m.seq > to.acked {
-                    to.mailbox.push_back(m.clone());
-                }
-                to.notify.notify_one();
-            }
+            to.notify.notify_one();
         }
     }
 }
@@ -676,11 +868,15 @@ pub struct ServerArgs {
     /// Most undelivered messages kept for one recipient.
     #[arg(long, env = "CHAT_MAX_PENDING", default_value_t = crate::limits::DEFAULT_MAX_PENDING)]
     pub max_pending: usize,
-    /// Largest reply (a client's history), in encoded bytes; a larger one
-    /// is refused with RESOURCE_EXHAUSTED. Keep it under the clients'
+    /// Largest reply (one page of a client's history), in encoded bytes;
+    /// histories are sent in pages that fit. Keep it under the clients'
     /// decoding limit (4 MiB for gRPC) and the broker's max_message_size.
     #[arg(long, env = "CHAT_MAX_REPLY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_REPLY_BYTES)]
     pub max_reply_bytes: usize,
+    /// How many recently accepted message IDs are remembered to recognise
+    /// a retried send (about 28 bytes of memory each).
+    #[arg(long, env = "CHAT_DEDUPE_WINDOW", default_value_t = crate::limits::DEFAULT_DEDUPE_WINDOW)]
+    pub dedupe_window: usize,
     /// `os`: answer once written to the OS (survives a server crash);
     /// `fsync`: also flush to disk (survives a machine crash).
     #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
@@ -695,6 +891,7 @@ impl ServerArgs {
                 max_text_bytes: self.max_text_bytes,
                 max_pending: self.max_pending,
                 max_reply_bytes: self.max_reply_bytes,
+                dedupe_window: self.dedupe_window,
             },
             durability: self.durability,
         }
@@ -733,12 +930,7 @@ mod tests {
         s.authenticate(&creds(name)).unwrap()
     }
 
-    async fn send(
-        s: &ChatServer,
-        from: &str,
-        to: &str,
-        text: &str,
-    ) -> Result<Arc<Message>, ChatError> {
+    async fn send(s: &ChatServer, from: &str, to: &str, text: &str) -> Result<Receipt, ChatError> {
         let p = s.authenticate(&creds(from))?;
         s.send(&p, send_req(from, to, text)).await
     }
@@ -761,6 +953,7 @@ mod tests {
         assert_eq!(ids, ["alice", "bob"]);
         let texts: Vec<_> = s
             .history(&me(&s, "alice"), "alice")
+            .await
             .unwrap()
             .iter()
             .map(|m| m.text.clone())
@@ -781,13 +974,106 @@ mod tests {
         assert_eq!(m.seq, 4);
     }
 
+    /// Pages: each within `max_reply_bytes` and `limit`, `more` until the
+    /// last, and together every message once, in order.
+    #[tokio::test]
+    async fn history_pages_fit_the_reply_limit_and_cover_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        config.limits.max_reply_bytes = 1500;
+        let s = ChatServer::open(config).unwrap();
+        register(&s, "alice").await.unwrap();
+        register(&s, "bob").await.unwrap();
+        let sent: Vec<String> = (0..40)
+            .map(|i| format!("{i:02} {}", "y".repeat(90)))
+            .collect();
+        for text in &sent {
+            send(&s, "alice", "bob", text).await.unwrap();
+        }
+        let alice = me(&s, "alice");
+        let mut got = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = s
+                .history_page(&alice, "alice", got.len() as u64, 0)
+                .await
+                .unwrap();
+            assert!(prost::Message::encoded_len(&page) <= 1500);
+            assert!(!page.messages.is_empty());
+            pages += 1;
+            got.extend(page.messages.into_iter().map(|m| m.text));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(pages > 3, "{pages} pages");
+
+        let page = s.history_page(&alice, "alice", 5, 2).await.unwrap();
+        let texts: Vec<_> = page.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, [sent[5].as_str(), sent[6].as_str()]);
+        assert!(page.more);
+        let page = s.history_page(&alice, "alice", 40, 0).await.unwrap();
+        assert!(
+            page.messages.is_empty() && !page.more,
+            "after the end: empty, last"
+        );
+        let page = s.history_page(&alice, "alice", u64::MAX, 0).await.unwrap();
+        assert!(page.messages.is_empty() && !page.more);
+    }
+
+    /// A send retried with the same ID is accepted once while the ID is
+    /// among the last `dedupe_window` accepted (also after a restart: the
+    /// window is rebuilt from log.txt); past the window it is a new message,
+    /// as documented, and memory stays bounded.
+    #[tokio::test]
+    async fn a_retried_send_is_accepted_once_within_the_dedupe_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = ServerConfig::new(dir.path());
+            c.limits.dedupe_window = 3;
+            c
+        };
+        let with_id = |id: &str, text: &str| pb::SendRequest {
+            id: id.into(),
+            ..send_req("alice", "bob", text)
+        };
+        let retried = "0193f0c6-8a1e-7cc2-9d1a-3b7e4f5a6b7c";
+        {
+            let s = ChatServer::open(config()).unwrap();
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
+            let alice = me(&s, "alice");
+            let first = s.send(&alice, with_id(retried, "once")).await.unwrap();
+            let again = s.send(&alice, with_id(retried, "once")).await.unwrap();
+            assert_eq!(again, first);
+            assert_eq!(s.undelivered().len(), 1);
+        }
+        let s = ChatServer::open(config()).unwrap();
+        let alice = me(&s, "alice");
+        let again = s.send(&alice, with_id(retried, "once")).await.unwrap();
+        assert_eq!(again.seq, 1, "recognised after a restart");
+        for text in ["a", "b", "c"] {
+            send(&s, "alice", "bob", text).await.unwrap();
+        }
+        let late = s.send(&alice, with_id(retried, "once")).await.unwrap();
+        assert_eq!(late.seq, 5, "out of the window: accepted as new");
+        assert!(s.lock().recent.by_id.len() <= 3);
+        drop(s);
+        // Both lines carry the ID; replay reproduces both deliveries.
+        let s = ChatServer::open(config()).unwrap();
+        let seqs: Vec<_> = s.undelivered().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    }
+
     #[tokio::test]
     async fn messages_share_the_registry_ids() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path()).await;
         register(&s, "alice").await.unwrap();
         register(&s, "bob").await.unwrap();
-        let m = send(&s, "alice", "bob", "hi").await.unwrap();
+        send(&s, "alice", "bob", "hi").await.unwrap();
+        let m = s.undelivered()[0].clone();
         let registry = s.list();
         // The same allocation as the registry's key, not an equal copy.
         assert_eq!(m.from.as_str().as_ptr(), registry[0].id.as_str().as_ptr());
@@ -851,7 +1137,7 @@ mod tests {
         drop(f);
 
         let s = open(dir.path()).await;
-        assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap().len(), 1);
+        assert_eq!(s.history(&me(&s, "alice"), "alice").await.unwrap().len(), 1);
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.ends_with('\n'), "file cut back to the last full line");
@@ -1007,13 +1293,18 @@ mod tests {
                 .await
                 .map(|_| ()),
         );
-        denied(s.history(&bob, "alice").map(|_| ()));
+        denied(s.history(&bob, "alice").await.map(|_| ()));
         denied(s.ack(&bob, "alice", 1).await);
         denied(s.connect(&creds("bob"), "alice", 0).await.map(|_| ()));
         denied(s.register(&creds("bob"), "alice").await.map(|_| ()));
         // Nothing forged reached anyone.
         assert!(s.undelivered().is_empty());
-        assert!(s.history(&me(&s, "alice"), "alice").unwrap().is_empty());
+        assert!(
+            s.history(&me(&s, "alice"), "alice")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // A new ID claimed through connect (gRPC subscribe) is protected too.
         let session = s.connect(&creds("carol"), "carol", 0).await.unwrap();
@@ -1044,7 +1335,7 @@ mod tests {
             !register(&s, "alice").await.unwrap(),
             "resumed with its secret"
         );
-        assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap().len(), 1);
+        assert_eq!(s.history(&me(&s, "alice"), "alice").await.unwrap().len(), 1);
         let err = s
             .register(&Credentials::new("alice", "wrong"), "alice")
             .await
@@ -1072,7 +1363,10 @@ mod tests {
             assert!(matches!(err, ChatError::Unclaimed(_)), "{err}");
             assert!(err.to_string().contains("claim"), "{err}");
             assert!(!register(&s, "alice").await.unwrap(), "claimed, not new");
-            assert_eq!(s.history(&me(&s, "alice"), "alice").unwrap()[0].text, "old");
+            assert_eq!(
+                s.history(&me(&s, "alice"), "alice").await.unwrap()[0].text,
+                "old"
+            );
         }
         let s = open(dir.path()).await;
         let err = s

@@ -203,7 +203,13 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut log = log_text(&messages).into_bytes();
-        let mut state = states.concat().into_bytes();
+        // Every ID registered first, as a server writes it, so that an
+        // undamaged directory opens and the damage is what is tested.
+        let mut state = ["alice", "bob", "carol", "d-1", "E_2"]
+            .map(|id| format!("register 1 {id}\n"))
+            .concat()
+            .into_bytes();
+        state.extend(states.concat().into_bytes());
         match which {
             0 => log = damage(log, at, byte, how),
             1 => state = damage(state, at, byte, how),
@@ -249,4 +255,119 @@ fn crlf_line_ends_are_tolerated() {
     let replay = journal::replay(dir.path()).expect("replays");
     assert_eq!(replay.messages, [m]);
     assert_eq!(replay.registered.len(), 1);
+}
+
+/// A data directory as a server leaves it: alice and bob registered, three
+/// messages from alice to bob, bob acknowledged the first.
+async fn written_dir() -> tempfile::TempDir {
+    use chat_core::Credentials;
+    use chat_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::open(ServerConfig::new(dir.path())).unwrap();
+    let creds = |id: &str| Credentials::new(id, format!("secret-of-{id}"));
+    s.register(&creds("alice"), "alice").await.unwrap();
+    let (bob, _) = s.register(&creds("bob"), "bob").await.unwrap();
+    let alice = s.authenticate(&creds("alice")).unwrap();
+    for text in ["one", "two", "three"] {
+        let req = pb::SendRequest {
+            id: String::new(),
+            from: "alice".into(),
+            to: "bob".into(),
+            text: text.into(),
+        };
+        s.send(&alice, req).await.unwrap();
+    }
+    s.ack(&bob, "bob", 1).await.unwrap();
+    dir
+}
+
+fn open_error(dir: &Path) -> String {
+    match ChatServer::open(ServerConfig::new(dir)) {
+        Ok(_) => panic!("an inconsistent data directory opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit(dir: &Path, file: &str, change: impl FnOnce(String) -> String) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, change(text)).unwrap();
+}
+
+/// A line repeated in log.txt would be delivered a second time under a new
+/// seq (and shift every later seq): refused, naming both lines.
+#[tokio::test]
+async fn a_repeated_log_line_is_refused_naming_both_lines() {
+    let dir = written_dir().await;
+    edit(dir.path(), LOG_FILE, |log| {
+        let second = log.lines().nth(1).unwrap().to_owned();
+        format!("{log}{second}\n")
+    });
+    let e = open_error(dir.path());
+    assert!(e.contains(LOG_FILE) && e.contains("line 4 "), "{e}");
+    assert!(e.contains("repeats line 2 exactly"), "{e}");
+}
+
+/// An ack beyond the messages log.txt has for that client (log.txt restored
+/// from an older copy) would silently hide messages: refused, naming the
+/// journal line and both numbers.
+#[tokio::test]
+async fn an_ack_beyond_the_log_is_refused() {
+    let dir = written_dir().await;
+    edit(dir.path(), STATE_FILE, |state| {
+        format!("{state}ack bob 7\n")
+    });
+    let e = open_error(dir.path());
+    assert!(e.contains(STATE_FILE), "{e}");
+    assert!(
+        e.contains("up to seq 7") && e.contains("only 3 messages"),
+        "{e}"
+    );
+    let line = std::fs::read_to_string(dir.path().join(STATE_FILE))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(e.contains(&format!("line {line} ")), "{e}");
+}
+
+/// An ack for an ID that was never registered used to create that client.
+#[tokio::test]
+async fn an_ack_for_an_unregistered_id_is_refused() {
+    let dir = written_dir().await;
+    edit(dir.path(), STATE_FILE, |state| {
+        format!("{state}ack mallory 1\n")
+    });
+    let e = open_error(dir.path());
+    assert!(e.contains(STATE_FILE) && e.contains("mallory"), "{e}");
+    assert!(e.contains("no line of the file registers"), "{e}");
+}
+
+/// A message whose sender or recipient was never registered cannot have
+/// been written by a server (registration is durable before any send).
+#[tokio::test]
+async fn a_message_naming_an_unregistered_id_is_refused() {
+    let dir = written_dir().await;
+    edit(dir.path(), LOG_FILE, |log| {
+        log.replacen("-> bob:", "-> carol:", 1)
+    });
+    let e = open_error(dir.path());
+    assert!(e.contains(LOG_FILE) && e.contains("line 1 "), "{e}");
+    assert!(e.contains("carol is not registered"), "{e}");
+}
+
+/// The consistent directory the tests above start from opens, and its
+/// history is read back from log.txt.
+#[tokio::test]
+async fn a_consistent_directory_opens() {
+    use chat_core::Credentials;
+    let dir = written_dir().await;
+    let s = ChatServer::open(ServerConfig::new(dir.path())).unwrap();
+    let alice = s
+        .authenticate(&Credentials::new("alice", "secret-of-alice"))
+        .unwrap();
+    let history = s.history(&alice, "alice").await.unwrap();
+    let seqs: Vec<_> = history.iter().map(|m| (m.seq, m.text.as_str())).collect();
+    assert_eq!(seqs, [(1, "one"), (2, "two"), (3, "three")]);
+    let pending: Vec<_> = s.undelivered().iter().map(|m| m.seq).collect();
+    assert_eq!(pending, [2, 3]);
 }

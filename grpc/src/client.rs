@@ -214,20 +214,20 @@ impl ChatClient for GrpcClient {
     }
 
     async fn history(&self) -> Result<Vec<Message>, ClientError> {
-        let reply = self
-            .rpc
-            .clone()
-            .history(pb::HistoryRequest {
-                client_id: self.id.to_string(),
-            })
-            .await
-            .map_err(|s| self.err(s))?;
-        reply
-            .into_inner()
-            .messages
-            .into_iter()
-            .map(|m| Message::from_proto(m).map_err(|e| ClientError::Protocol(e.to_string())))
-            .collect()
+        chat_core::client::all_history_pages(|after| async move {
+            let reply = self
+                .rpc
+                .clone()
+                .history(pb::HistoryRequest {
+                    client_id: self.id.to_string(),
+                    after,
+                    limit: 0,
+                })
+                .await
+                .map_err(|s| self.err(s))?;
+            Ok(reply.into_inner())
+        })
+        .await
     }
 }
 

@@ -161,9 +161,15 @@ impl Chat for GrpcChat {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         let principal = self.authenticate(&request)?;
+        let pb::HistoryRequest {
+            client_id,
+            after,
+            limit,
+        } = request.into_inner();
         let reply = self
             .server
-            .history_reply(&principal, &request.into_inner().client_id)
+            .history_page(&principal, &client_id, after, limit)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(reply))
     }

@@ -142,6 +142,7 @@ async fn raw_rpcs_need_credentials_and_act_only_as_their_own_id() {
     let mut rpc = raw(&env).await;
     let history = |id: &str| pb::HistoryRequest {
         client_id: id.into(),
+        ..Default::default()
     };
 
     // No metadata, an empty secret, a wrong one: UNAUTHENTICATED.

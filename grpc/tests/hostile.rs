@@ -135,6 +135,7 @@ async fn control_characters_in_ids_are_refused() {
                 "bob",
                 pb::HistoryRequest {
                     client_id: bad.into(),
+                    ..Default::default()
                 },
             ))
             .await

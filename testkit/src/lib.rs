@@ -31,7 +31,7 @@ macro_rules! chat_scenarios {
             two_clients_both_directions_many_in_flight,
             offline_messages_wait_for_the_recipient,
             history_is_own_messages_oldest_first,
-            history_over_the_reply_limit_is_refused_clearly,
+            a_long_history_comes_in_pages,
             log_txt_has_one_readable_line_per_message,
             bad_input_is_refused_and_everyone_else_is_served,
             hostile_texts_are_refused_or_kept_exactly,

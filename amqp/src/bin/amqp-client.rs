@@ -23,8 +23,11 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     // lapin logs every lost connection at ERROR; the CLI already shows
-    // "reconnecting" itself, so its lines would only garble the prompt.
-    chat_core::telemetry::init("warn,lapin=off");
+    // "reconnecting" itself, so its lines would only garble the prompt. So
+    // would a refused login (per-client broker users: the first connection
+    // of an ID without a user yet), which the client handles itself. Off
+    // unless RUST_LOG names lapin.
+    chat_core::telemetry::init_quiet("warn", &["lapin"]);
     let endpoint = chat_amqp::server::redact(&args.broker.amqp_url);
     let config = args.broker.config();
     // One state file per broker and namespace: two chats on one broker are

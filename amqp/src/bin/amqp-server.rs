@@ -18,6 +18,12 @@ struct Args {
     broker: AmqpArgs,
     #[command(flatten)]
     server: ServerArgs,
+    /// The RabbitMQ management API, with an `administrator` account in the
+    /// URL (http://guest:guest@127.0.0.1:15672); needed with
+    /// `--broker-auth per-client`, where the server creates the clients'
+    /// broker users. The password is never logged.
+    #[arg(long, env = "CHAT_AMQP_MANAGEMENT_URL", global = true)]
+    management_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,7 +38,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = args.broker.config();
+    let mut config = args.broker.config();
+    config.management_url = args.management_url;
     if let Some(Command::Health) = args.command {
         return chat_core::exit::health(
             chat_amqp::health(&config).await.map_err(|e| e.to_string()),

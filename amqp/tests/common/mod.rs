@@ -26,6 +26,22 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| chat_amqp::DEFAULT_AMQP_URL.to_owned())
 }
 
+/// The RabbitMQ management API of the test broker (per-client broker
+/// users): `CHAT_AMQP_MANAGEMENT_URL`, default the local broker's.
+pub fn management_url() -> String {
+    std::env::var("CHAT_AMQP_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".to_owned())
+}
+
+/// Fails the test with what to do when the management API does not answer
+/// (tests of per-client broker users need it; they are never skipped).
+pub async fn require_management() {
+    let api = chat_amqp::broker_users::Management::new(&management_url()).unwrap();
+    if let Err(e) = api.check().await {
+        panic!("this test needs the RabbitMQ management API: {e}");
+    }
+}
+
 pub fn id(s: &str) -> ClientId {
     ClientId::parse(s).unwrap()
 }
@@ -39,6 +55,8 @@ pub struct Namespace {
     /// `XDG_STATE_HOME` for client binaries (their state files), so tests
     /// never write into the user's own state directory.
     pub state_dir: tempfile::TempDir,
+    /// Per-client broker users: their users are deleted on drop too.
+    pub per_client: bool,
 }
 
 impl Namespace {
@@ -49,7 +67,16 @@ impl Namespace {
             url: amqp_url(),
             clients: Mutex::new(Vec::new()),
             state_dir: tempfile::tempdir().expect("temp dir"),
+            per_client: false,
         }
+    }
+
+    /// A namespace whose clients log in as their own broker users
+    /// (`--broker-auth per-client`); those users are deleted on drop.
+    pub fn per_client() -> Self {
+        let mut ns = Self::new();
+        ns.per_client = true;
+        ns
     }
 
     /// Config for a client or server that talks to the broker directly.
@@ -58,7 +85,14 @@ impl Namespace {
     }
 
     pub fn config_via(&self, url: &str) -> AmqpConfig {
-        AmqpConfig::new(url, self.name.clone())
+        let config = AmqpConfig::new(url, self.name.clone());
+        if self.per_client {
+            config
+                .with_broker_auth(chat_amqp::BrokerAuth::PerClient)
+                .with_management_url(management_url())
+        } else {
+            config
+        }
     }
 
     /// Remembers `id`'s queue for clean-up.
@@ -98,6 +132,7 @@ impl Drop for Namespace {
         let url = self.url.clone();
         let ns = self.name.clone();
         let clients = std::mem::take(&mut *self.clients.lock().unwrap());
+        let per_client = self.per_client;
         // Drop cannot be async, and may run inside a runtime: use a thread.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -107,6 +142,13 @@ impl Drop for Namespace {
             rt.block_on(async move {
                 if let Ok(names) = chat_amqp::topology::Names::new(&ns) {
                     let _ = chat_amqp::topology::delete(&url, &names, &clients, true).await;
+                    if per_client {
+                        let api = management_url();
+                        let users = chat_amqp::broker_users::delete_namespace_users(&api, &names);
+                        if let Err(e) = users.await {
+                            eprintln!("cannot delete the broker users of {ns}: {e}");
+                        }
+                    }
                 }
             });
         });
