@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 * 1024 * 1024 - 1024;
 /// last 25 seconds of all traffic.
 pub const DEFAULT_DEDUPE_WINDOW: usize = 262_144;
 
+/// Default memory for undelivered messages, over all mailboxes. Past it,
+/// further undelivered messages stay only in `log.txt` (32 bytes each in
+/// memory) and are read back when delivered: a client that never reads, or
+/// a broker that is down, costs the server disk reads, not memory.
+pub const DEFAULT_MAILBOX_MEMORY: usize = 64 * 1024 * 1024;
+
 /// The server-side limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -37,6 +43,9 @@ pub struct Limits {
     /// How many recently accepted message IDs are remembered, so that a
     /// send retried with the same ID is accepted once.
     pub dedupe_window: usize,
+    /// Bytes of undelivered messages kept in memory, over all mailboxes;
+    /// the rest are read back from `log.txt` when delivered.
+    pub mailbox_memory: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +55,7 @@ impl Default for Limits {
             max_pending: DEFAULT_MAX_PENDING,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            mailbox_memory: DEFAULT_MAILBOX_MEMORY,
         }
     }
 }

@@ -51,6 +51,10 @@ const SESSION_BATCH: usize = 256;
 /// Most messages in one history page (a request may ask for fewer).
 pub const MAX_HISTORY_PAGE: usize = 1000;
 
+/// What an undelivered message held in memory is counted as, besides its
+/// text (the `Message`, its `Arc` and its mailbox slot).
+const MESSAGE_OVERHEAD: usize = 128;
+
 /// Server configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -92,8 +96,40 @@ struct State {
     /// The most recently accepted messages by ID, so that a retried send is
     /// accepted once (see [`Limits::dedupe_window`]).
     recent: Recent,
+    /// Bytes of undelivered messages held in memory, over all mailboxes
+    /// (bounded by [`Limits::mailbox_memory`]; the rest wait in `log.txt`).
+    mailbox_bytes: usize,
     shutting_down: bool,
     next_session: u64,
+}
+
+/// An undelivered message: in memory, or only in `log.txt` (spilled, when
+/// the mailboxes already hold [`Limits::mailbox_memory`] bytes).
+#[derive(Clone, Debug)]
+enum Pending {
+    Loaded(Arc<Message>),
+    Spilled(Sent),
+}
+
+impl Pending {
+    fn seq(&self) -> u64 {
+        match self {
+            Self::Loaded(m) => m.seq,
+            Self::Spilled(s) => s.seq,
+        }
+    }
+
+    /// Memory it accounts for in [`State::mailbox_bytes`].
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Loaded(m) => message_bytes(m),
+            Self::Spilled(_) => 0,
+        }
+    }
+}
+
+fn message_bytes(m: &Message) -> usize {
+    m.text.len() + MESSAGE_OVERHEAD
 }
 
 /// A bounded window of accepted messages by ID: the last `cap` of them.
@@ -166,7 +202,7 @@ struct Client {
     /// Everything up to here reached its next hop.
     acked: u64,
     /// Committed messages above `acked`, in seq order.
-    mailbox: VecDeque<Arc<Message>>,
+    mailbox: VecDeque<Pending>,
     /// Messages up to `acked` that the next hop still holds unread for
     /// this client: on AMQP, what its queue holds (an upper estimate, see
     /// [`ChatServer::set_queued_downstream`]); always 0 when the next hop
@@ -180,7 +216,24 @@ struct Client {
 
 impl Client {
     fn committed_seq(&self) -> u64 {
-        self.mailbox.back().map_or(self.acked, |m| m.seq)
+        self.mailbox.back().map_or(self.acked, Pending::seq)
+    }
+}
+
+impl State {
+    /// Queues a committed message for its recipient `to`: in memory while
+    /// the mailboxes' budget allows, else as its place in `log.txt`.
+    fn enqueue(&mut self, to: &ClientId, m: Arc<Message>, at: Sent, budget: usize) {
+        let bytes = message_bytes(&m);
+        let pending = if self.mailbox_bytes + bytes <= budget {
+            self.mailbox_bytes += bytes;
+            Pending::Loaded(m)
+        } else {
+            Pending::Spilled(at)
+        };
+        if let Some(c) = self.clients.get_mut(to) {
+            c.mailbox.push_back(pending);
+        }
     }
 }
 
@@ -219,7 +272,7 @@ impl ChatServer {
                 ack_lines.insert(id, line);
             }
         }
-        let count = replay_log(&config.data_dir, &mut state)?;
+        let count = replay_log(&config.data_dir, &mut state, config.limits.mailbox_memory)?;
         for (id, c) in &state.clients {
             if c.acked > c.assigned_seq {
                 let line = ack_lines.get(id).copied().unwrap_or(0);
@@ -249,20 +302,28 @@ impl ChatServer {
             journal::compact_state(&config.data_dir, &snapshot)?;
         }
         let pending: usize = state.clients.values().map(|c| c.mailbox.len()).sum();
+        let spilled: usize = state
+            .clients
+            .values()
+            .flat_map(|c| &c.mailbox)
+            .filter(|p| matches!(p, Pending::Spilled(_)))
+            .count();
         tracing::info!(
             data_dir = %config.data_dir.display(),
             clients = state.clients.len(),
             messages = count,
             undelivered = pending,
+            undelivered_in_log_only = spilled,
             "state rebuilt from the data directory"
         );
 
         let state = Arc::new(Mutex::new(state));
         let for_writer = state.clone();
+        let budget = config.limits.mailbox_memory;
         let journal = journal::start_writer(
             &config.data_dir,
             config.durability,
-            Box::new(move |records, places| commit(&for_writer, records, places)),
+            Box::new(move |records, places| commit(&for_writer, records, places, budget)),
         )?;
         let log_path = config.data_dir.join(LOG_FILE);
         let log = std::fs::File::open(&log_path).map_err(|e| ChatError::storage(&log_path, e))?;
@@ -494,9 +555,15 @@ impl ChatServer {
                 c.queued_downstream += (up_to - c.acked) as usize;
             }
             c.acked = up_to;
-            while c.mailbox.front().is_some_and(|m| m.seq <= up_to) {
-                c.mailbox.pop_front();
+            let mut freed = 0;
+            while c.mailbox.front().is_some_and(|m| m.seq() <= up_to) {
+                freed += c.mailbox.pop_front().map_or(0, |p| p.bytes());
             }
+            if c.mailbox.is_empty() && c.mailbox.capacity() > 1024 {
+                // A drained backlog gives its memory back.
+                c.mailbox = VecDeque::new();
+            }
+            st.mailbox_bytes -= freed;
             self.queue(Record::Ack(to.clone(), up_to))
         };
         self.durable(rx).await
@@ -640,13 +707,45 @@ impl ChatServer {
         }
     }
 
-    /// Every committed, unacknowledged message, per recipient in seq order.
+    /// Every committed, unacknowledged message, per recipient in seq order
+    /// (spilled ones read back from `log.txt`).
     pub fn undelivered(&self) -> Vec<Arc<Message>> {
-        self.lock()
+        let pending: Vec<Pending> = self
+            .lock()
             .clients
             .values()
             .flat_map(|c| c.mailbox.iter().cloned())
+            .collect();
+        pending
+            .into_iter()
+            .filter_map(|p| match self.load(p) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read an undelivered message back");
+                    None
+                }
+            })
             .collect()
+    }
+
+    /// The message a mailbox slot stands for, read from `log.txt` if it
+    /// was spilled.
+    fn load(&self, pending: Pending) -> Result<Arc<Message>, ChatError> {
+        match pending {
+            Pending::Loaded(m) => Ok(m),
+            Pending::Spilled(at) => {
+                let path = self.inner.data_dir.join(LOG_FILE);
+                let mut m =
+                    journal::read_logged(&self.inner.log, &path, at.offset, at.len as usize)?;
+                m.seq = at.seq;
+                Ok(Arc::new(m))
+            }
+        }
+    }
+
+    /// Bytes of undelivered messages held in memory (the rest are spilled).
+    pub fn mailbox_bytes(&self) -> usize {
+        self.lock().mailbox_bytes
     }
 
     /// Refuses new work and ends every session's stream.
@@ -714,7 +813,7 @@ fn claim(
 /// Rebuilds histories, mailboxes and the dedupe window from `log.txt`,
 /// refusing a file that contradicts itself or `state.journal`. Returns the
 /// number of messages.
-fn replay_log(dir: &Path, state: &mut State) -> Result<usize, ChatError> {
+fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, ChatError> {
     let path = dir.join(LOG_FILE);
     // Every ID with its line and a hash of the line, to find a repeated
     // line; dropped after replay. The same ID on two *different* lines is
@@ -758,6 +857,7 @@ fn replay_log(dir: &Path, state: &mut State) -> Result<usize, ChatError> {
         let c = state.clients.get_mut(&to).expect("looked up above");
         c.assigned_seq += 1;
         let seq = c.assigned_seq;
+        let acked = c.acked;
         let message = Message {
             seq,
             from: from.clone(),
@@ -765,15 +865,17 @@ fn replay_log(dir: &Path, state: &mut State) -> Result<usize, ChatError> {
             ..m
         };
         state.recent.insert(Receipt::of(&message));
-        if seq > c.acked {
-            c.mailbox.push_back(Arc::new(message));
+        let sent = Sent::new(at.offset, at.len, seq);
+        if seq > acked {
+            let to = message.to.clone();
+            state.enqueue(&to, Arc::new(message), sent, budget);
         }
         state
             .clients
             .get_mut(&from)
             .expect("looked up above")
             .history
-            .push(Sent::new(at.offset, at.len, seq));
+            .push(sent);
         Ok(())
     })?;
     Ok(count)
@@ -781,21 +883,23 @@ fn replay_log(dir: &Path, state: &mut State) -> Result<usize, ChatError> {
 
 /// Makes a durable batch visible: messages enter the sender's history and
 /// the recipient's mailbox, and the recipient's session is woken.
-fn commit(state: &Mutex<State>, records: &[Record], places: &[(u64, usize)]) {
+fn commit(state: &Mutex<State>, records: &[Record], places: &[(u64, usize)], budget: usize) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let messages = records.iter().filter_map(|r| match r {
         Record::Message(m) => Some(m),
         _ => None,
     });
     for (m, &(offset, len)) in messages.zip(places) {
+        let sent = Sent::new(offset, len, m.seq);
         if let Some(from) = st.clients.get_mut(&m.from) {
-            from.history.push(Sent::new(offset, len, m.seq));
+            from.history.push(sent);
         }
-        if let Some(to) = st.clients.get_mut(&m.to) {
-            if m.seq > to.acked {
-                to.mailbox.push_back(m.clone());
-            }
+        let unacked = st.clients.get(&m.to).is_some_and(|to| {
             to.notify.notify_one();
+            m.seq > to.acked
+        });
+        if unacked {
+            st.enqueue(&m.to, m.clone(), sent, budget);
         }
     }
 }
@@ -826,17 +930,31 @@ impl Session {
                 }
                 let c = st.clients.get(&self.id)?;
                 let start = c.mailbox.front().map_or(0, |first| {
-                    (self.cursor + 1).saturating_sub(first.seq) as usize
+                    (self.cursor + 1).saturating_sub(first.seq()) as usize
                 });
                 if start < c.mailbox.len() {
-                    let batch: Vec<_> = c
+                    let batch: Vec<Pending> = c
                         .mailbox
                         .range(start..)
                         .take(SESSION_BATCH)
                         .cloned()
                         .collect();
-                    self.cursor = batch.last().map_or(self.cursor, |m| m.seq);
-                    return Some(batch);
+                    drop(st);
+                    // Spilled messages are read back outside the lock.
+                    let mut out = Vec::with_capacity(batch.len());
+                    for p in batch {
+                        match self.server.load(p) {
+                            Ok(m) => out.push(m),
+                            Err(e) => {
+                                // Ends this session; the client reconnects
+                                // and nothing was acknowledged.
+                                tracing::error!(client = %self.id, error = %e, "cannot read an undelivered message back");
+                                return None;
+                            }
+                        }
+                    }
+                    self.cursor = out.last().map_or(self.cursor, |m| m.seq);
+                    return Some(out);
                 }
             }
             self.notify.notified().await;
@@ -877,6 +995,10 @@ pub struct ServerArgs {
     /// a retried send (about 28 bytes of memory each).
     #[arg(long, env = "CHAT_DEDUPE_WINDOW", default_value_t = crate::limits::DEFAULT_DEDUPE_WINDOW)]
     pub dedupe_window: usize,
+    /// Bytes of undelivered messages kept in memory over all mailboxes;
+    /// past it they wait only in log.txt and are read back when delivered.
+    #[arg(long, env = "CHAT_MAILBOX_MEMORY", default_value_t = crate::limits::DEFAULT_MAILBOX_MEMORY)]
+    pub mailbox_memory: usize,
     /// `os`: answer once written to the OS (survives a server crash);
     /// `fsync`: also flush to disk (survives a machine crash).
     #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
@@ -892,6 +1014,7 @@ impl ServerArgs {
                 max_pending: self.max_pending,
                 max_reply_bytes: self.max_reply_bytes,
                 dedupe_window: self.dedupe_window,
+                mailbox_memory: self.mailbox_memory,
             },
             durability: self.durability,
         }
@@ -1056,6 +1179,9 @@ mod tests {
         for text in ["a", "b", "c"] {
             send(&s, "alice", "bob", text).await.unwrap();
         }
+        // A later millisecond, as a real retry past the window always is
+        // (its log line then differs from the first one's).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         let late = s.send(&alice, with_id(retried, "once")).await.unwrap();
         assert_eq!(late.seq, 5, "out of the window: accepted as new");
         assert!(s.lock().recent.by_id.len() <= 3);
@@ -1064,6 +1190,51 @@ mod tests {
         let s = ChatServer::open(config()).unwrap();
         let seqs: Vec<_> = s.undelivered().iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    }
+
+    /// Past the mailboxes' memory budget, undelivered messages wait only in
+    /// log.txt: the budget holds, a session still gets every message in
+    /// order (read back), also after a restart, and memory is given back
+    /// once they are acknowledged.
+    #[tokio::test]
+    async fn a_backlog_over_the_memory_budget_waits_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = ServerConfig::new(dir.path());
+            c.limits.mailbox_memory = 2000;
+            c
+        };
+        let texts: Vec<String> = (0..50)
+            .map(|i| format!("{i:02} {}", "z".repeat(40)))
+            .collect();
+        {
+            let s = ChatServer::open(config()).unwrap();
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
+            for text in &texts {
+                send(&s, "alice", "bob", text).await.unwrap();
+                assert!(s.mailbox_bytes() <= 2000);
+            }
+            let spilled = s.lock().clients[&ClientId::parse("bob").unwrap()]
+                .mailbox
+                .iter()
+                .filter(|p| matches!(p, Pending::Spilled(_)))
+                .count();
+            assert!(spilled > 30, "{spilled} spilled");
+        }
+        let s = ChatServer::open(config()).unwrap();
+        assert!(s.mailbox_bytes() <= 2000, "the budget holds at replay too");
+        let mut session = s.connect(&creds("bob"), "bob", 0).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < texts.len() {
+            got.extend(session.next_batch().await.unwrap());
+        }
+        let seen: Vec<_> = got.iter().map(|m| (m.seq, m.text.clone())).collect();
+        let want: Vec<_> = (1..).zip(texts.iter().cloned()).collect();
+        assert_eq!(seen, want);
+        s.ack(&me(&s, "bob"), "bob", 50).await.unwrap();
+        assert_eq!(s.mailbox_bytes(), 0);
+        assert!(s.undelivered().is_empty());
     }
 
     #[tokio::test]
