@@ -9,7 +9,11 @@
 //! with the *following* node: a node that just went away is the one least
 //! likely to answer, and trying it first would cost a connect timeout.
 //!
-//! Rotation is all this module does. Resuming after the new connection is
+//! Every connection asks for the same AMQP heartbeat ([`Brokers::with_heartbeat`],
+//! `--heartbeat`): it is how the broker notices a peer that went silent
+//! without closing its socket (see [`heartbeat_uri`]).
+//!
+//! Rotation and the handshake's settings are all this module does. Resuming after the new connection is
 //! up (redeclaring, reconsuming, republishing unanswered requests and
 //! unconfirmed messages) is the reconnect logic of the server and the client,
 //! which is the same whichever node they land on: in a cluster every node
@@ -18,7 +22,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use lapin::Connection;
 use lapin::uri::AMQPUri;
 
@@ -34,6 +37,9 @@ pub struct Brokers {
     urls: Vec<String>,
     /// Index of the URL tried first by the next [`Brokers::connect`].
     first: AtomicUsize,
+    /// Heartbeat asked for on every connection, in seconds, unless the URL
+    /// says `?heartbeat=` itself.
+    heartbeat: u16,
 }
 
 /// A connection and which URL of the list it went to.
@@ -62,7 +68,15 @@ impl Brokers {
         Self {
             urls,
             first: AtomicUsize::new(0),
+            heartbeat: crate::DEFAULT_HEARTBEAT_SECS,
         }
+    }
+
+    /// The same list, asking for a `secs` heartbeat on every connection
+    /// whose URL does not set one.
+    pub fn with_heartbeat(mut self, secs: u16) -> Self {
+        self.heartbeat = secs;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -71,6 +85,19 @@ impl Brokers {
 
     pub fn is_empty(&self) -> bool {
         self.urls.is_empty()
+    }
+
+    /// Checks that every URL of the list parses, so that a typo is refused
+    /// at once with what is wrong, instead of being retried as a broker
+    /// that does not answer.
+    pub fn check(&self) -> Result<(), AmqpError> {
+        for url in &self.urls {
+            heartbeat_uri(url, self.heartbeat).map_err(|reason| AmqpError::InvalidUrl {
+                url: redact(url),
+                reason,
+            })?;
+        }
+        Ok(())
     }
 
     /// The list without passwords, for logs and error messages.
@@ -119,27 +146,27 @@ impl Brokers {
         let mut failures = Vec::new();
         let mut last = None;
         for index in self.order() {
-            let (url, attempt) = match login {
-                None => (
-                    redact(&self.urls[index]),
-                    Connection::connect(&self.urls[index], connection_properties(name)).boxed(),
-                ),
-                Some(login) => match self.urls[index].parse::<AMQPUri>() {
-                    Ok(mut uri) => {
+            let raw = &self.urls[index];
+            let url = match login {
+                None => redact(raw),
+                Some(login) => redact_as(raw, &login.user),
+            };
+            let uri = heartbeat_uri(raw, self.heartbeat)
+                .map(|mut uri| {
+                    if let Some(login) = login {
                         uri.authority.userinfo.username.clone_from(&login.user);
                         uri.authority.userinfo.password.clone_from(&login.password);
-                        (
-                            redact_as(&self.urls[index], &login.user),
-                            Connection::connect_uri(uri, connection_properties(name)).boxed(),
-                        )
                     }
-                    Err(e) => {
-                        let url = redact(&self.urls[index]);
-                        failures.push(format!("{url}: {e}"));
-                        last = Some(AmqpError::Config(format!("bad broker URL {url}: {e}")));
-                        continue;
-                    }
-                },
+                    uri
+                })
+                .map_err(|reason| AmqpError::InvalidUrl {
+                    url: redact(raw),
+                    reason,
+                });
+            let attempt = async {
+                Ok::<_, AmqpError>(
+                    Connection::connect_uri(uri?, connection_properties(name)).await?,
+                )
             };
             match bounded("connecting (AMQP handshake)", &url, bound, attempt).await {
                 Ok(conn) => {
@@ -160,6 +187,28 @@ impl Brokers {
             _ => Err(AmqpError::NoBroker(failures.join("; "))),
         }
     }
+}
+
+/// `url` parsed, with `heartbeat=secs` unless it sets a heartbeat itself.
+///
+/// The heartbeat is what makes the broker drop the connection of a peer
+/// that stopped answering (a frozen process, a dead network path) and with
+/// it its exclusive consumer: a client's ID goes offline and its
+/// unacknowledged deliveries go back to its queue. RabbitMQ closes a
+/// connection after about two silent intervals, and lapin (this side) closes
+/// it when nothing came from the broker for two intervals. The client asks
+/// for `secs` in `connection.tune-ok`; lapin takes the lower of that and the
+/// broker's proposal (RabbitMQ: 60 s), and 0 means "the broker's value".
+///
+/// A `heartbeat` query in the URL wins: it is the more specific setting
+/// (one node of a list), and it is the standard way to set it in an AMQP
+/// URI, which other clients of the same `AMQP_URL` read too.
+pub fn heartbeat_uri(url: &str, secs: u16) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url.parse()?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(secs);
+    }
+    Ok(uri)
 }
 
 /// `url` without its password, with `user` in place of its own user.
@@ -239,6 +288,39 @@ mod tests {
         let b = Brokers::new(A);
         b.lost(0);
         assert_eq!(b.order(), [0]);
+    }
+
+    #[test]
+    fn the_heartbeat_is_asked_for_unless_the_url_sets_one() {
+        let uri = heartbeat_uri(A, 5).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(5));
+        assert_eq!(uri.authority.port, 5672);
+        let uri = heartbeat_uri(&format!("{A}?heartbeat=30"), 5).unwrap();
+        assert_eq!(uri.query.heartbeat, Some(30), "the URL wins");
+        assert!(heartbeat_uri("not a url", 5).is_err());
+    }
+
+    #[test]
+    fn check_names_the_bad_url_of_a_list() {
+        let b = Brokers::new("amqp://a/%2f,amqp://u:pw@b/%2f?heartbeat=x");
+        let e = b.check().unwrap_err().to_string();
+        assert!(
+            e.contains("invalid broker URL amqp://u:***@b/%2f?heartbeat=x"),
+            "{e}"
+        );
+        assert!(Brokers::new("amqp://a/%2f,amqp://b/%2f").check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_named_without_its_password() {
+        let e = Brokers::new("amqp://guest:pw@127.0.0.1:5672/%2f?heartbeat=soon")
+            .connect("test", Duration::from_secs(5))
+            .await
+            .err()
+            .expect("a bad URL")
+            .to_string();
+        assert!(e.contains("invalid broker URL amqp://guest:***@"), "{e}");
+        assert!(!e.contains("pw"), "password leaked: {e}");
     }
 
     #[tokio::test]

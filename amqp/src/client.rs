@@ -692,9 +692,13 @@ impl ChatClient for AmqpClient {
         let names = config
             .names()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let brokers = config.brokers();
+        brokers
+            .check()
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
-            brokers: Brokers::new(&config.url),
+            brokers,
             names,
             id,
             secret,

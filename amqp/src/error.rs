@@ -40,6 +40,11 @@ pub enum AmqpError {
         queue_type: crate::topology::QueueType,
         detail: String,
     },
+    /// A broker URL that does not parse.
+    #[error(
+        "invalid broker URL {url}: {reason}; expected amqp://user:password@host:port/vhost (vhost URL-encoded: %2f is \"/\"), optionally with ?heartbeat=SECS"
+    )]
+    InvalidUrl { url: String, reason: String },
     /// None of several broker URLs answered; says why for each.
     #[error("no broker of the list answered: {0}")]
     NoBroker(String),

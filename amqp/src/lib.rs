@@ -41,6 +41,15 @@ pub const DEFAULT_NAMESPACE: &str = "chat";
 /// may still be processed later (see docs/amqp.md).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default AMQP heartbeat, in seconds, that server and clients ask for.
+/// RabbitMQ closes the connection of a peer that sent nothing for about two
+/// heartbeats, so a frozen client (SIGSTOP, a paused VM, a dead network
+/// path without a TCP reset) loses its exclusive consumer, and its ID goes
+/// offline, within about 10-15 s; the broker's own default (60 s) would
+/// keep it for two to three minutes. Much shorter is not advised: a peer
+/// stalled for a few seconds (a loaded machine) would be disconnected.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 5;
+
 /// Where the broker is and which set of names to use on it.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
@@ -55,6 +64,9 @@ pub struct AmqpConfig {
     pub request_timeout: Duration,
     /// Type of the durable queues; everyone on a namespace must agree.
     pub queue_type: QueueType,
+    /// AMQP heartbeat asked for, in seconds (0: the broker's value); a
+    /// `?heartbeat=` in a URL wins ([`brokers::heartbeat_uri`]).
+    pub heartbeat: u16,
     /// Shared broker account, or one broker user per client
     /// ([`broker_users`]).
     pub broker_auth: BrokerAuth,
@@ -72,10 +84,22 @@ impl AmqpConfig {
             namespace: namespace.into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             queue_type: QueueType::Classic,
+            heartbeat: DEFAULT_HEARTBEAT_SECS,
             broker_auth: BrokerAuth::Shared,
             management_url: None,
             register_password: broker_users::DEFAULT_REGISTER_PASSWORD.to_owned(),
         }
+    }
+
+    /// The same configuration asking for a `secs` heartbeat.
+    pub fn with_heartbeat(mut self, secs: u16) -> Self {
+        self.heartbeat = secs;
+        self
+    }
+
+    /// The broker list of this configuration, with its heartbeat.
+    pub fn brokers(&self) -> brokers::Brokers {
+        brokers::Brokers::new(&self.url).with_heartbeat(self.heartbeat)
     }
 
     /// The same configuration in per-client broker-user mode; the server
@@ -126,6 +150,12 @@ pub struct AmqpArgs {
     /// (replicated over a cluster). Server and clients must agree on it.
     #[arg(long, env = "CHAT_AMQP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic, global = true)]
     pub queue_type: QueueType,
+    /// AMQP heartbeat to ask the broker for, in seconds: a peer that sends
+    /// nothing for about two heartbeats is disconnected (a frozen client
+    /// loses its ID, a silent broker is left for the next node). 0 takes
+    /// the broker's value (RabbitMQ: 60). A `heartbeat=` in the URL wins.
+    #[arg(long, env = "CHAT_AMQP_HEARTBEAT", value_name = "SECS", default_value_t = DEFAULT_HEARTBEAT_SECS, global = true)]
+    pub heartbeat: u16,
     /// Broker accounts: `shared` (everyone uses the account of the AMQP
     /// URL; the broker enforces nothing per client) or `per-client` (the
     /// server creates a broker user per client through the management API,
@@ -145,6 +175,7 @@ impl AmqpArgs {
     pub fn config(&self) -> AmqpConfig {
         let mut config = AmqpConfig::new(self.amqp_url.clone(), self.namespace.clone())
             .with_queue_type(self.queue_type)
+            .with_heartbeat(self.heartbeat)
             .with_broker_auth(self.broker_auth);
         config.register_password = self.register_password.clone();
         config

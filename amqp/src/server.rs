@@ -25,6 +25,14 @@
 //! the last seq it showed), and the cumulative `ack` must never pass an
 //! unconfirmed message.
 //!
+//! `--max-pending` holds here as on gRPC: a message confirmed into a
+//! recipient's queue still counts until the recipient consumed it. The
+//! server cannot see that happen, so a *recount* task reads queue depths
+//! back (`queue.declare` answers with the number of ready messages): every
+//! client's once per connection, then once a second those of the recipients
+//! whose count is within half of the limit ([`RECOUNT_EVERY`]). A send is
+//! checked against the count in chat-core, with no broker round trip.
+//!
 //! Any broker error ends the connection's *generation*: everything is torn
 //! down and rebuilt on a new connection (redeclare, reconsume, republish).
 //! Unacknowledged requests go back to the queue by the broker's own rules.
@@ -84,8 +92,12 @@ const FORWARD_BATCH: usize = 1024;
 /// before the server gives up (a server killed a moment ago still holds it
 /// until the broker sees its connection close).
 const TAKEN_GRACE: Duration = Duration::from_secs(5);
-/// How many `list` queue look-ups run at once.
+/// How many `list` queue look-ups run at once (recounts too).
 const LIST_CONCURRENCY: usize = 16;
+/// How often the depth of the queues of recipients near `--max-pending` is
+/// read back, so that a send refused because a recipient had not read is
+/// accepted again about this long after it did.
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves the chat on the broker at `config.url` until `shutdown` resolves.
 ///
@@ -99,7 +111,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AmqpError> {
     let names = config.names()?;
-    let brokers = Brokers::new(&config.url);
+    let brokers = config.brokers();
+    if let Err(e) = brokers.check() {
+        server.shutdown();
+        return Err(e);
+    }
     let users = match config.broker_auth {
         BrokerAuth::Shared => None,
         BrokerAuth::PerClient => {
@@ -145,7 +161,13 @@ pub async fn run(
                 }
             }
         };
-        tracing::info!(broker = %url, namespace = names.namespace(), queue_type = %names.queue_type(), "connected to the broker");
+        tracing::info!(
+            broker = %url,
+            namespace = names.namespace(),
+            queue_type = %names.queue_type(),
+            heartbeat_secs = conn.configuration().heartbeat(),
+            "connected to the broker"
+        );
         let outcome = serve(&conn, &server, &names, users.clone(), &url, &mut shutdown).await;
         if matches!(outcome, Outcome::Lost(_) | Outcome::SetupFailed(_)) {
             // The next attempt starts with the next node of the list.
@@ -196,7 +218,7 @@ pub async fn run(
 /// Returns the one line to print.
 pub async fn health(config: &AmqpConfig) -> Result<String, AmqpError> {
     let names = config.names()?;
-    let brokers = Brokers::new(&config.url);
+    let brokers = config.brokers();
     let conn = brokers
         .connect("amqp-server health", CONNECT_TIMEOUT)
         .await
@@ -477,6 +499,7 @@ async fn serve(
     });
     let mut tasks = JoinSet::new();
     let forwarder = tokio::spawn(forward(generation.clone()));
+    let recounter = tokio::spawn(recount(generation.clone()));
     // Whatever was accepted but never confirmed (by the previous process or
     // connection) goes out first.
     generation.forwarder.notify.notify_one();
@@ -509,6 +532,7 @@ async fn serve(
     };
     tasks.abort_all();
     forwarder.abort();
+    recounter.abort();
     // Closed while the channels are still open, so that lapin does not see
     // them close underneath a closing connection.
     close_connection(conn, "amqp-server closing").await;
@@ -711,6 +735,47 @@ async fn history(
         .history_page(&principal, &req.client_id, req.after, req.limit)
         .await?;
     Ok(pb::reply::Body::History(page))
+}
+
+/// Keeps chat-core's count of what waits unread in the client queues
+/// (`ChatServer::set_queued_downstream`) close to the truth for the
+/// recipients where it decides anything. Runs for one generation.
+async fn recount(g: Arc<Generation>) {
+    if let Err(e) = recount_loop(&g).await {
+        g.broken.trigger(e);
+    }
+}
+
+async fn recount_loop(g: &Generation) -> Result<(), AmqpError> {
+    // After a (re)start the server knows nothing of what waits downstream.
+    recount_queues(g, g.server.downstream_marks()).await?;
+    let mut every = tokio::time::interval(RECOUNT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let candidates = g.server.downstream_recount_candidates();
+        if !candidates.is_empty() {
+            recount_queues(g, candidates).await?;
+        }
+    }
+}
+
+/// Reads the depth of each client's queue (declaring it, which is
+/// idempotent and answers with its ready messages) and hands it to
+/// chat-core with the cursor read before asking. Deliveries a connected
+/// client holds unacknowledged (at most its prefetch) are not in that count.
+async fn recount_queues(g: &Generation, marks: Vec<(ClientId, u64)>) -> Result<(), AmqpError> {
+    futures::stream::iter(marks)
+        .map(|(id, mark)| async move {
+            let q = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
+            g.declared().insert(id.clone());
+            g.server
+                .set_queued_downstream(&id, mark, q.message_count() as usize);
+            Ok::<_, AmqpError>(())
+        })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .try_collect::<()>()
+        .await
 }
 
 /// Handlers waiting for "your message reached its recipient's queue".

@@ -4,7 +4,9 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chat_amqp::{AmqpClient, AmqpConfig};
 use chat_testkit::Stack;
@@ -23,7 +25,7 @@ struct AmqpStack<const PER_CLIENT: bool> {
 type Amqp = AmqpStack<false>;
 
 /// Every client ID the scenarios use, so their queues are cleaned up.
-const SCENARIO_IDS: &[&str] = &["alice", "bob", "carol", "observer", "nobody"];
+const SCENARIO_IDS: &[&str] = &["alice", "bob", "carol", "dave", "observer", "nobody"];
 
 impl<const PER_CLIENT: bool> Stack for AmqpStack<PER_CLIENT> {
     type Client = AmqpClient;
@@ -77,6 +79,29 @@ impl<const PER_CLIENT: bool> Stack for AmqpStack<PER_CLIENT> {
     fn client_config(&self) -> AmqpConfig {
         self.ns.config()
     }
+
+    fn client_upstream(&self) -> String {
+        common::broker_addr()
+    }
+
+    /// The broker's own heartbeat detection is what drops a silent client:
+    /// the client asks for the short heartbeat.
+    fn client_config_via(&self, via: SocketAddr, liveness: Duration) -> AmqpConfig {
+        self.ns
+            .config_via(&common::url_via(via))
+            .with_heartbeat(heartbeat_secs(liveness))
+    }
+
+    fn liveness_env(liveness: Duration) -> Vec<(String, String)> {
+        vec![(
+            "CHAT_AMQP_HEARTBEAT".into(),
+            heartbeat_secs(liveness).to_string(),
+        )]
+    }
+}
+
+fn heartbeat_secs(liveness: Duration) -> u16 {
+    u16::try_from(liveness.as_secs().max(1)).unwrap_or(u16::MAX)
 }
 
 chat_testkit::chat_scenarios!(Amqp);

@@ -25,8 +25,14 @@ pub enum ChatError {
     UnknownSender(ClientId),
     #[error("client {0:?} is online already; pick another ID or stop the other client first")]
     AlreadyOnline(ClientId),
-    #[error("recipient {0:?} has too many undelivered messages ({1}); try again later")]
-    MailboxFull(ClientId, usize),
+    #[error(
+        "recipient {to:?} has {pending} messages it has not read yet, the most the server keeps for one recipient (--max-pending {max}); try again once it has read some"
+    )]
+    MailboxFull {
+        to: ClientId,
+        pending: usize,
+        max: usize,
+    },
     #[error(
         "the history of {id} is {bytes} bytes ({messages} messages), over the server's reply limit of {max} bytes; every message is still in the server's log.txt (the server's --max-reply-bytes sets the limit)"
     )]
@@ -81,7 +87,7 @@ impl ChatError {
                 ErrorCode::Unauthenticated
             }
             Self::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-            Self::MailboxFull(..) | Self::ReplyTooLarge { .. } => ErrorCode::ResourceExhausted,
+            Self::MailboxFull { .. } | Self::ReplyTooLarge { .. } => ErrorCode::ResourceExhausted,
             Self::ShuttingDown => ErrorCode::Unavailable,
             Self::Storage { .. } | Self::DataDirInUse { .. } => ErrorCode::Internal,
         }

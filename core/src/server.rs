@@ -14,6 +14,14 @@
 //! Either way a crash between "accepted" and "delivered" loses nothing, and
 //! recipients drop any repeat by its sequence number, so nothing shows twice.
 //!
+//! `--max-pending` bounds what waits for one recipient *unread*, whatever
+//! the next hop: the mailbox, plus (AMQP) what its queue still holds. The
+//! server does not see a client consume its queue, so the adapter keeps
+//! that second part as an estimate: every confirmed publish adds one
+//! ([`ChatServer::forwarded`]), and the adapter reads the real depth back
+//! from the broker now and then ([`ChatServer::set_queued_downstream`]).
+//! A send is checked against both without any broker round trip.
+//!
 //! Visibility follows durability: a message enters histories and mailboxes
 //! only after the journal writer has appended it (see [`crate::journal`]).
 //!
@@ -198,6 +206,11 @@ struct Client {
     acked: u64,
     /// Committed messages above `acked`, in seq order.
     mailbox: VecDeque<Pending>,
+    /// Messages up to `acked` that the next hop still holds unread for
+    /// this client: on AMQP, what its queue holds (an upper estimate, see
+    /// [`ChatServer::set_queued_downstream`]); always 0 when the next hop
+    /// is the client itself (gRPC). Counts towards `--max-pending`.
+    queued_downstream: usize,
     /// Where the messages this client sent are in `log.txt`, oldest first.
     history: Vec<Sent>,
     /// Wakes this client's session when its mailbox grows.
@@ -457,9 +470,11 @@ impl ChatServer {
             let Some(recipient) = st.clients.get_mut(&to) else {
                 return Err(ChatError::UnknownRecipient(to));
             };
-            let pending = (recipient.assigned_seq - recipient.acked) as usize;
-            if pending >= self.inner.limits.max_pending {
-                return Err(ChatError::MailboxFull(to, pending));
+            let pending =
+                (recipient.assigned_seq - recipient.acked) as usize + recipient.queued_downstream;
+            let max = self.inner.limits.max_pending;
+            if pending >= max {
+                return Err(ChatError::MailboxFull { to, pending, max });
             }
             recipient.assigned_seq += 1;
             let message = Arc::new(Message {
@@ -534,14 +549,22 @@ impl ChatServer {
         up_to_seq: u64,
     ) -> Result<(), ChatError> {
         principal.acting_as(raw_id)?;
-        self.forwarded(&principal.id, up_to_seq).await
+        self.advance(&principal.id, up_to_seq, false).await
     }
 
     /// Records that every message up to `up_to_seq` for `to` reached its
     /// next hop. For an adapter whose next hop is not the client itself
     /// (AMQP: the broker confirmed the publish into the client's queue);
-    /// a client's own acknowledgement goes through [`Self::ack`].
+    /// a client's own acknowledgement goes through [`Self::ack`]. The
+    /// messages still count towards `--max-pending` as queued downstream
+    /// until [`Self::set_queued_downstream`] says they were consumed.
     pub async fn forwarded(&self, to: &ClientId, up_to_seq: u64) -> Result<(), ChatError> {
+        self.advance(to, up_to_seq, true).await
+    }
+
+    /// Moves `to`'s cursor to `up_to_seq`; with `queued`, what it passes
+    /// is now held unread by the next hop.
+    async fn advance(&self, to: &ClientId, up_to_seq: u64, queued: bool) -> Result<(), ChatError> {
         let rx = {
             let mut st = self.lock();
             let Some(c) = st.clients.get_mut(to) else {
@@ -550,6 +573,9 @@ impl ChatServer {
             let up_to = up_to_seq.min(c.committed_seq());
             if up_to <= c.acked {
                 return Ok(());
+            }
+            if queued {
+                c.queued_downstream += (up_to - c.acked) as usize;
             }
             c.acked = up_to;
             let mut freed = 0;
@@ -664,6 +690,47 @@ impl ChatServer {
             if !more {
                 return Ok(all);
             }
+        }
+    }
+
+    /// Every registered client with its cursor, for
+    /// [`Self::set_queued_downstream`]: the adapter recounts them all after
+    /// (re)connecting, when it knows nothing of what waits downstream.
+    pub fn downstream_marks(&self) -> Vec<(ClientId, u64)> {
+        self.lock()
+            .clients
+            .iter()
+            .map(|(id, c)| (id.clone(), c.acked))
+            .collect()
+    }
+
+    /// The recipients whose queued-downstream estimate matters now: it is
+    /// not zero and brings them to half of `--max-pending` or more. Only
+    /// these are worth a broker round trip; below half, the estimate grows
+    /// by confirmed publishes alone, so it cannot refuse a send before it
+    /// becomes a candidate. With each one's cursor, as
+    /// [`Self::downstream_marks`].
+    pub fn downstream_recount_candidates(&self) -> Vec<(ClientId, u64)> {
+        let half = self.inner.limits.max_pending.div_ceil(2);
+        self.lock()
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.queued_downstream > 0
+                    && (c.assigned_seq - c.acked) as usize + c.queued_downstream >= half
+            })
+            .map(|(id, c)| (id.clone(), c.acked))
+            .collect()
+    }
+
+    /// The next hop reports `depth` messages held unread for `to`, counted
+    /// after the cursor was at `mark` (from [`Self::downstream_marks`] or
+    /// [`Self::downstream_recount_candidates`], read *before* asking). What
+    /// was forwarded since `mark` is added, in case the count missed it, so
+    /// the estimate errs on the side of too many, never too few.
+    pub fn set_queued_downstream(&self, to: &ClientId, mark: u64, depth: usize) {
+        if let Some(c) = self.lock().clients.get_mut(to) {
+            c.queued_downstream = depth + c.acked.saturating_sub(mark) as usize;
         }
     }
 
@@ -1340,6 +1407,63 @@ mod tests {
             s.connect(&creds("bob"), "bob", 0).await.is_ok(),
             "free again once it left"
         );
+    }
+
+    /// AMQP's view: what was forwarded into a queue still counts until the
+    /// adapter reports the queue drained; a recount never forgets what was
+    /// forwarded while it was under way.
+    #[tokio::test]
+    async fn the_mailbox_limit_counts_what_waits_downstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        config.limits.max_pending = 4;
+        let s = ChatServer::open(config).unwrap();
+        register(&s, "alice").await.unwrap();
+        register(&s, "bob").await.unwrap();
+        let bob = ClientId::parse("bob").unwrap();
+        for i in 1..=4 {
+            send(&s, "alice", "bob", &format!("m{i}")).await.unwrap();
+        }
+        assert!(
+            s.downstream_recount_candidates().is_empty(),
+            "nothing forwarded yet"
+        );
+        s.forwarded(&bob, 3).await.unwrap();
+        assert_eq!(s.undelivered().len(), 1, "the server holds only m4");
+        let err = send(&s, "alice", "bob", "m5").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChatError::MailboxFull {
+                    pending: 4,
+                    max: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--max-pending 4"), "{err}");
+        assert_eq!(s.downstream_recount_candidates(), [(bob.clone(), 3)]);
+
+        // A recount started at cursor 3 reports 1 left (bob read two); m4
+        // was forwarded meanwhile and is counted on top.
+        let (_, mark) = s.downstream_recount_candidates()[0].clone();
+        s.forwarded(&bob, 4).await.unwrap();
+        s.set_queued_downstream(&bob, mark, 1);
+        send(&s, "alice", "bob", "m5").await.unwrap();
+        send(&s, "alice", "bob", "m6").await.unwrap();
+        assert!(
+            send(&s, "alice", "bob", "m7").await.is_err(),
+            "1 + m4 + m5 + m6"
+        );
+
+        s.set_queued_downstream(&bob, 4, 0);
+        send(&s, "alice", "bob", "m7").await.unwrap();
+        // A client's own acknowledgement (gRPC) adds nothing downstream.
+        s.ack(&me(&s, "bob"), "bob", 7).await.unwrap();
+        assert!(s.downstream_recount_candidates().is_empty());
+        let marks = s.downstream_marks();
+        assert!(marks.contains(&(bob, 7)), "{marks:?}");
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::keepalive::Keepalive;
 use crate::service::{ID_HEADER, SECRET_HEADER};
 
 type Rpc = RpcClient<InterceptedService<Channel, Auth>>;
@@ -77,6 +78,10 @@ pub struct GrpcConfig {
     pub server: String,
     /// Time allowed for one connection attempt.
     pub connect_timeout: Duration,
+    /// Pings towards the server, so that a server that went silent (frozen,
+    /// or gone without closing the connection) is noticed and the client
+    /// reconnects.
+    pub keepalive: Keepalive,
 }
 
 impl GrpcConfig {
@@ -84,7 +89,14 @@ impl GrpcConfig {
         Self {
             server: server.into(),
             connect_timeout: Duration::from_secs(5),
+            keepalive: Keepalive::default(),
         }
+    }
+
+    /// The same configuration with another keepalive.
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 }
 
@@ -116,8 +128,8 @@ impl ChatClient for GrpcClient {
             })?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(20))
+            .http2_keep_alive_interval(config.keepalive.interval)
+            .keep_alive_timeout(config.keepalive.timeout)
             .keep_alive_while_idle(true);
         let channel = endpoint
             .connect()

@@ -11,7 +11,6 @@
 //! us the client went away (its session then ends and it shows offline).
 
 use std::future::Future;
-use std::time::Duration;
 
 use chat_core::{ChatError, ChatServer, Credentials, Principal};
 use chat_proto::v1 as pb;
@@ -22,14 +21,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::keepalive::Keepalive;
 use crate::status::to_status;
 
 /// Messages buffered per stream before the server waits for the client
 /// (flow control instead of unbounded memory for a slow reader).
 const STREAM_BUFFER: usize = 256;
-/// HTTP/2 pings find clients that vanished without closing their socket.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Metadata key of the client ID a request acts as.
 pub const ID_HEADER: &str = "x-chat-id";
@@ -195,10 +192,24 @@ pub enum ServeError {
 }
 
 /// Serves the chat (plus `grpc.health.v1` and reflection) on `listener`
-/// until `shutdown` resolves, then ends every stream and drains.
+/// until `shutdown` resolves, then ends every stream and drains. Uses the
+/// default [`Keepalive`]; see [`run_with`].
 pub async fn run(
     listener: TcpListener,
     server: ChatServer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    run_with(listener, server, Keepalive::default(), shutdown).await
+}
+
+/// [`run`] with the given keepalive: a client that stops answering pings
+/// (frozen, or gone without closing its socket) loses its connection, and
+/// with it its stream and its online status, within about
+/// `keepalive.interval + keepalive.timeout`.
+pub async fn run_with(
+    listener: TcpListener,
+    server: ChatServer,
+    keepalive: Keepalive,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -217,8 +228,8 @@ pub async fn run(
         server.shutdown();
     };
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(keepalive.interval))
+        .http2_keepalive_timeout(Some(keepalive.timeout))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)

@@ -221,7 +221,8 @@ async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
             Err(e) => {
                 assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}");
                 assert!(
-                    e.to_string().contains("\"slow\" has too many undelivered"),
+                    e.to_string()
+                        .contains("\"slow\" has 100 messages it has not read yet"),
                     "{e}"
                 );
                 refused += 1;

@@ -21,7 +21,6 @@ pub mod output;
 pub mod plot;
 pub mod probe;
 pub mod procstat;
-pub mod proxy;
 pub mod record;
 pub mod run;
 pub mod scenario;

@@ -15,10 +15,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::driver::{self, Live, Marks, Outcome, Phase};
 use crate::output::{Results, Row};
 use crate::procstat::{self, Usage, Watched};
-use crate::proxy::Proxy;
 use crate::scenario::{FaultKind, Plan, Point, StackKind};
 use crate::target::{Endpoint, Server, TargetArgs, fresh_tag};
 use chat_core::metrics::Scrape;
+use chat_testkit::proxy::Proxy;
 
 /// Everything a set of runs shares.
 #[derive(Debug)]

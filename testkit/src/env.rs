@@ -45,6 +45,23 @@ pub trait Stack: Sized + Send + Sync + 'static {
     }
     /// Connection settings for trait clients.
     fn client_config(&self) -> <Self::Client as ChatClient>::Config;
+
+    /// `host:port` that this stack's clients connect to: the server, or
+    /// the broker. Tests put a [`crate::proxy::Proxy`] in front of it.
+    fn client_upstream(&self) -> String;
+    /// Trait-client settings that reach the stack through `via` (a proxy
+    /// in front of [`Self::client_upstream`]), and that make the other end
+    /// notice after about `liveness` that this client went silent, where
+    /// the client decides that (an AMQP heartbeat is negotiated by it).
+    fn client_config_via(
+        &self,
+        via: std::net::SocketAddr,
+        liveness: Duration,
+    ) -> <Self::Client as ChatClient>::Config;
+    /// Server environment under which a client that went silent loses its
+    /// connection (and its ID goes offline) after about `liveness`, where
+    /// the server decides that (gRPC keepalive).
+    fn liveness_env(liveness: Duration) -> Vec<(String, String)>;
 }
 
 /// A running server binary. Killed on drop.

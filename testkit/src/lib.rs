@@ -10,6 +10,7 @@
 
 pub mod env;
 pub mod in_process;
+pub mod proxy;
 pub mod scenarios;
 
 pub use env::{Env, ServerProcess, Stack, secret_of};
@@ -43,6 +44,8 @@ macro_rules! chat_scenarios {
             impostors_are_refused_and_claims_survive_a_restart,
             cli_keeps_its_secret_and_never_shows_a_message_twice,
             metrics_count_what_the_server_did,
+            a_frozen_client_loses_its_id_and_nothing_is_lost,
+            max_pending_holds_for_an_offline_recipient,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

@@ -840,3 +840,129 @@ pub async fn metrics_count_what_the_server_did<S: Stack>() {
     let appends = s.histogram("chat_journal_append_seconds").unwrap();
     assert_eq!(appends.count, batches.count, "one timing per batch");
 }
+
+/// A client that freezes (SIGSTOP: its connection stays open, nothing is
+/// read or written; here a proxy that holds every byte) loses its ID once
+/// the liveness checks notice, with short settings for the test. Then the
+/// ID shows offline, comes back from elsewhere with its secret, and gets
+/// everything that was sent to it meanwhile, once.
+pub async fn a_frozen_client_loses_its_id_and_nothing_is_lost<S: Stack>() {
+    const LIVENESS: Duration = Duration::from_secs(1);
+    let server_env = S::liveness_env(LIVENESS);
+    let server_env: Vec<(&str, &str)> = server_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let env = Env::<S>::start_with_env(&server_env).await;
+    let alice = registered(&env, "alice").await;
+
+    let proxy = crate::proxy::Proxy::start(env.stack.client_upstream())
+        .await
+        .expect("proxy starts");
+    let config = env.stack.client_config_via(proxy.addr(), LIVENESS);
+    let frozen = tokio::time::timeout(
+        PATIENCE,
+        S::Client::connect(&config, id("bob"), crate::secret_of("bob")),
+    )
+    .await
+    .expect("connect through the proxy in time")
+    .expect("connect through the proxy");
+    let frozen_in = tokio::time::timeout(PATIENCE, frozen.join())
+        .await
+        .expect("join in time")
+        .expect("join through the proxy");
+    assert!(
+        info(&alice.list_clients().await.unwrap()).contains(&("bob".into(), true)),
+        "bob is online through the proxy"
+    );
+
+    proxy.set_frozen(true);
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let text = format!("while frozen {i}");
+        sent.push(alice.send(&id("bob"), &text).await.expect("accepted").id);
+    }
+    eventually("the frozen bob shows offline", || async {
+        info(&alice.list_clients().await.unwrap()).contains(&("bob".into(), false))
+    })
+    .await;
+
+    // The same ID, directly, with its secret: everything sent meanwhile,
+    // in order, once.
+    let (_bob, mut bob_in) = online_when_free(&env, "bob").await;
+    let got = recv_n(&mut bob_in, sent.len()).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), sent);
+    assert_no_more(&mut bob_in, QUIET).await;
+    assert!(
+        info(&alice.list_clients().await.unwrap()).contains(&("bob".into(), true)),
+        "bob is online again"
+    );
+
+    // The frozen client never saw any of it; it goes away with its proxy.
+    drop(proxy);
+    drop(frozen_in);
+    drop(frozen);
+    bob_in.close().await;
+}
+
+/// `--max-pending` bounds what waits unread for an offline recipient on
+/// both stacks: the next send is refused with a message that says why and
+/// which flag sets it, other recipients are unaffected, and once the
+/// recipient has read, sends to it are accepted again. Nothing refused is
+/// delivered or logged; nothing accepted is lost.
+pub async fn max_pending_holds_for_an_offline_recipient<S: Stack>() {
+    const MAX: usize = 3;
+    let max = MAX.to_string();
+    let env = Env::<S>::start_with_env(&[("CHAT_MAX_PENDING", max.as_str())]).await;
+    register_offline(&env, "bob").await;
+    register_offline(&env, "carol").await;
+    let alice = registered(&env, "alice").await;
+
+    let mut accepted = Vec::new();
+    for i in 0..MAX {
+        let a = alice.send(&id("bob"), &format!("m{i}")).await;
+        accepted.push(a.expect("under --max-pending").id);
+    }
+    let e = alice
+        .send(&id("bob"), "one too many")
+        .await
+        .expect_err("over --max-pending");
+    assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("\"bob\"") && text.contains(&format!("--max-pending {MAX}")),
+        "{text}"
+    );
+    alice
+        .send(&id("carol"), "carol is not bob")
+        .await
+        .expect("another recipient is unaffected");
+
+    let (_bob, mut bob_in) = online_when_free(&env, "bob").await;
+    let got = recv_n(&mut bob_in, MAX).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
+
+    // The server learns that bob has read (gRPC: his acks; AMQP: his queue's
+    // depth, read back now and then), then accepts again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let again = loop {
+        match alice.send(&id("bob"), "again").await {
+            Ok(a) => break a.id,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sends to bob still refused {PATIENCE:?} after he read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let got = recv_n(&mut bob_in, 1).await;
+    assert_eq!(got[0].id, again);
+    assert_eq!(got[0].text, "again");
+    assert_no_more(&mut bob_in, QUIET).await;
+    assert!(
+        !env.log_txt().contains("one too many"),
+        "a refused send is not logged"
+    );
+    bob_in.close().await;
+}

@@ -1,7 +1,8 @@
 //! Test fixtures: a private namespace on the shared broker (deleted on drop,
 //! even when the test fails), an in-process server, the real `amqp-server`
-//! binary, and a TCP proxy that can cut connections to simulate losing the
-//! broker without disturbing the other tests that share it.
+//! binary, and (testkit's) TCP proxy in front of the broker, which can cut
+//! connections to simulate losing the broker without disturbing the other
+//! tests that share it.
 //!
 //! `TEST_LOG=1` (with `RUST_LOG`) prints the library's logs while debugging.
 
@@ -10,16 +11,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chat_amqp::{AmqpClient, AmqpConfig};
 use chat_core::{ChatClient, ClientId, IncomingEvent, Message};
 use chat_testkit::InProcess;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
 
 /// Generous: the broker and a 2-core machine shared with other builds.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -255,76 +253,51 @@ pub async fn assert_quiet(incoming: &mut chat_core::Incoming, for_: Duration) {
     }
 }
 
-/// A TCP proxy in front of the broker: `cut` drops every connection
-/// through it (as a network failure or broker restart would), `refuse`
-/// makes it turn new connections away (broker down).
+/// testkit's TCP proxy in front of the broker: `cut` drops every
+/// connection through it (as a network failure or broker restart would),
+/// `refuse` makes it turn new connections away (broker down).
 pub struct Proxy {
     pub addr: SocketAddr,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    refusing: Arc<AtomicBool>,
-    accept: JoinHandle<()>,
+    inner: chat_testkit::proxy::Proxy,
 }
 
 impl Proxy {
     pub async fn start() -> Self {
-        let upstream = broker_addr();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let refusing = Arc::new(AtomicBool::new(false));
-        let (c, r) = (conns.clone(), refusing.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if r.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                c.lock().unwrap().push(conn);
-            }
-        });
+        let inner = chat_testkit::proxy::Proxy::start(broker_addr())
+            .await
+            .expect("proxy starts");
         Self {
-            addr,
-            conns,
-            refusing,
-            accept,
+            addr: inner.addr(),
+            inner,
         }
     }
 
     /// The broker URL, pointed at this proxy.
     pub fn url(&self) -> String {
-        let url = amqp_url();
-        let (scheme, rest) = url.split_once("://").unwrap();
-        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
-        let path = rest.find('/').map_or("", |i| &rest[i..]);
-        let at = if userinfo.is_empty() { "" } else { "@" };
-        format!("{scheme}://{userinfo}{at}{}{path}", self.addr)
+        url_via(self.addr)
     }
 
     pub fn cut(&self) {
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
+        self.inner.cut_all();
     }
 
     pub fn refuse(&self, on: bool) {
-        self.refusing.store(on, Ordering::SeqCst);
+        self.inner.refuse(on);
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
+/// The broker URL with its host and port replaced by `addr` (a proxy's).
+pub fn url_via(addr: SocketAddr) -> String {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    format!("{scheme}://{userinfo}{at}{addr}{path}")
 }
 
-fn broker_addr() -> String {
+/// `host:port` of the broker at [`amqp_url`].
+pub fn broker_addr() -> String {
     let url = amqp_url();
     let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);

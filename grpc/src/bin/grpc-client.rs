@@ -17,6 +17,8 @@ struct Args {
     #[arg(long, env = "CHAT_SERVER", default_value = chat_grpc::DEFAULT_SERVER_URL, global = true)]
     server: String,
     #[command(flatten)]
+    keepalive: chat_grpc::KeepaliveArgs,
+    #[command(flatten)]
     client: ClientArgs,
 }
 
@@ -25,7 +27,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     chat_core::telemetry::init("warn");
     cli::run::<GrpcClient>(
-        GrpcConfig::new(args.server.clone()),
+        GrpcConfig::new(args.server.clone()).with_keepalive(args.keepalive.keepalive()),
         args.server.clone(),
         args.server,
         args.client,

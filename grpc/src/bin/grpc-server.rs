@@ -21,6 +21,8 @@ struct Args {
     listen: SocketAddr,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    keepalive: chat_grpc::KeepaliveArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,7 +76,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
-    chat_grpc::run(listener, server, chat_core::signal::shutdown_signal()).await?;
+    let keepalive = args.keepalive.keepalive();
+    tracing::info!(
+        "keepalive: a silent client is dropped after {}s + {}s",
+        keepalive.interval.as_secs(),
+        keepalive.timeout.as_secs()
+    );
+    chat_grpc::run_with(
+        listener,
+        server,
+        keepalive,
+        chat_core::signal::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,8 +8,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use chat_grpc::{GrpcClient, GrpcConfig};
+use chat_grpc::{GrpcClient, GrpcConfig, Keepalive};
 use chat_testkit::{Env, Stack};
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -73,6 +74,25 @@ impl Stack for Grpc {
 
     fn client_config(&self) -> GrpcConfig {
         GrpcConfig::new(self.url())
+    }
+
+    fn client_upstream(&self) -> String {
+        self.addr().to_string()
+    }
+
+    fn client_config_via(&self, via: SocketAddr, liveness: Duration) -> GrpcConfig {
+        GrpcConfig::new(format!("http://{via}")).with_keepalive(Keepalive {
+            interval: liveness,
+            timeout: liveness,
+        })
+    }
+
+    fn liveness_env(liveness: Duration) -> Vec<(String, String)> {
+        let secs = liveness.as_secs().max(1).to_string();
+        vec![
+            ("CHAT_KEEPALIVE_INTERVAL".into(), secs.clone()),
+            ("CHAT_KEEPALIVE_TIMEOUT".into(), secs),
+        ]
     }
 }
 

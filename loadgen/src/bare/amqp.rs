@@ -48,7 +48,8 @@ struct Job {
 /// ride out failures; the run is simply invalid then).
 pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let names = config.names()?;
-    let conn = chat_amqp::brokers::Brokers::new(&config.url)
+    let conn = config
+        .brokers()
         .connect("loadgen amqp-bare relay", chat_amqp::deadline::op_timeout())
         .await?
         .conn;

@@ -1,13 +1,17 @@
-//! A TCP proxy inside loadgen, in front of a server or broker: clients
-//! connect through it, so the `cut-connections` fault can break every
-//! client connection at once (and refuse new ones for a while) without
-//! touching the server, as a network failure would, and the
-//! `freeze-clients` fault can stop every client connection dead without
+//! A TCP proxy in front of a server or broker: clients connect through it,
+//! so a test (or loadgen's `cut-connections` fault) can break every client
+//! connection at once (and refuse new ones for a while) without touching
+//! the server, as a network failure would, and a test (or loadgen's
+//! `freeze-clients` fault) can stop every client connection dead without
 //! closing it, as a SIGSTOPped client process looks to its server: the
 //! socket stays open, nothing is read or written, and the kernel buffers
 //! fill until the peer's flow control stops it.
+//!
+//! Shared by loadgen and the end-to-end scenarios (the liveness scenario
+//! freezes a client this way), so there is one proxy, not one per user.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +28,10 @@ pub struct Proxy {
     cuts: watch::Sender<u64>,
     /// True while the connections are frozen; the pumps wait on it.
     frozen: watch::Sender<bool>,
+    /// New connections are turned away until then ([`Proxy::cut`]).
     refuse_until: Arc<Mutex<Option<Instant>>>,
+    /// New connections are turned away while set ([`Proxy::refuse`]).
+    refusing: Arc<AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -43,18 +50,23 @@ impl Proxy {
         let (cuts, _) = watch::channel(0u64);
         let (frozen, _) = watch::channel(false);
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let refusing: Arc<AtomicBool> = Arc::default();
         let accept = tokio::spawn(accept_loop(
             listener,
             upstream,
             cuts.clone(),
             frozen.clone(),
-            refuse_until.clone(),
+            Refusal {
+                until: refuse_until.clone(),
+                on: refusing.clone(),
+            },
         ));
         Ok(Self {
             addr,
             cuts,
             frozen,
             refuse_until,
+            refusing,
             accept,
         })
     }
@@ -68,15 +80,52 @@ impl Proxy {
     pub fn cut(&self, refuse_for: Duration) {
         *self.refuse_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + refuse_for);
+        self.cut_all();
+    }
+
+    /// Closes every connection through the proxy now, as a network failure
+    /// or a broker restart would; new ones are served unless refused.
+    pub fn cut_all(&self) {
         self.cuts.send_modify(|c| *c += 1);
+    }
+
+    /// Turns every new connection away (accepted and closed at once, as by
+    /// a server or broker that is down) from `refuse(true)` until
+    /// `refuse(false)`. Open connections are not touched.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 
     /// Stops every byte in both directions on every connection (open and
     /// new) for `duration`, then lets them flow again. Nothing is closed.
     pub async fn freeze(&self, duration: Duration) {
-        self.frozen.send_replace(true);
+        self.set_frozen(true);
         tokio::time::sleep(duration).await;
-        self.frozen.send_replace(false);
+        self.set_frozen(false);
+    }
+
+    /// Holds (`true`) or releases (`false`) every byte in both directions
+    /// on every connection, open and new, until told otherwise. Nothing is
+    /// closed: the peers see a connection that has gone silent.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+/// When the proxy turns new connections away.
+struct Refusal {
+    until: Arc<Mutex<Option<Instant>>>,
+    on: Arc<AtomicBool>,
+}
+
+impl Refusal {
+    fn now(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+            || self
+                .until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| Instant::now() < t)
     }
 }
 
@@ -85,14 +134,10 @@ async fn accept_loop(
     upstream: String,
     cuts: watch::Sender<u64>,
     frozen: watch::Sender<bool>,
-    refuse_until: Arc<Mutex<Option<Instant>>>,
+    refusal: Refusal,
 ) {
     while let Ok((client, _)) = listener.accept().await {
-        let refusing = refuse_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| Instant::now() < t);
-        if refusing {
+        if refusal.now() {
             drop(client);
             continue;
         }
@@ -182,6 +227,31 @@ mod tests {
         again.write_all(b"pong").await.unwrap();
         again.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn refusing_turns_new_connections_away_until_told_otherwise() {
+        let upstream = echo_server().await;
+        let proxy = Proxy::start(upstream).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 4];
+        open.write_all(b"open").await.unwrap();
+        open.read_exact(&mut buf).await.unwrap();
+
+        proxy.refuse(true);
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(refused.read(&mut buf).await.unwrap_or(0), 0, "refused");
+        open.write_all(b"kept").await.unwrap();
+        open.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"kept", "an open connection is not touched");
+
+        proxy.cut_all();
+        assert_eq!(open.read(&mut buf).await.unwrap_or(0), 0, "cut");
+        proxy.refuse(false);
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        again.write_all(b"back").await.unwrap();
+        again.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
     }
 
     #[tokio::test]
