@@ -403,6 +403,19 @@ impl Request {
             generation.broken.trigger(e);
         }
     }
+
+    /// Rejects the request without requeueing it: it goes to `<ns>.dead`
+    /// and can never loop.
+    async fn dead_letter(&self, generation: &Generation) {
+        let rejected = self
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        if let Err(e) = rejected {
+            generation.broken.trigger(e);
+        }
+    }
 }
 
 /// Opens a connection to a broker of the list, each attempt within
@@ -566,16 +579,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
             reply_to = reply_to.as_str(),
             "rejecting a request whose reply_to is not a server-named reply queue (amq.gen-*, amq.rabbitmq.reply-to)"
         );
-        tasks.spawn(async move {
-            let rejected = request
-                .delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
-            if let Err(e) = rejected {
-                g.broken.trigger(e);
-            }
-        });
+        tasks.spawn(async move { request.dead_letter(&g).await });
         return;
     }
     match body {
@@ -589,15 +593,7 @@ fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSe
                 g.server.metrics().refused(why.code());
                 let reply = error_reply(&why);
                 g.reply(&request, reply).await;
-                // Not requeued: it goes to <ns>.dead and can never loop.
-                let rejected = request
-                    .delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
-                if let Err(e) = rejected {
-                    g.broken.trigger(e);
-                }
+                request.dead_letter(&g).await;
             });
         }
         Ok((pb::request::Body::Send(send), creds)) => {

@@ -297,16 +297,7 @@ pub async fn declare_server_side(ch: &Channel, names: &Names) -> Result<(), Amqp
 /// a client with a shared broker account does it too (after declaring the
 /// queue), so that its requests wait even if no server ever ran.
 pub async fn declare_request_route(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
-    ch.exchange_declare(
-        names.requests_exchange().into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    declare_direct_exchange(ch, &names.requests_exchange()).await?;
     ch.queue_bind(
         names.server_queue().into(),
         names.requests_exchange().into(),
@@ -328,8 +319,13 @@ pub fn is_reply_queue(reply_to: &str) -> bool {
 }
 
 pub async fn declare_deliver_exchange(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
+    declare_direct_exchange(ch, &names.deliver_exchange()).await
+}
+
+/// A durable direct exchange, without arguments (both of the chat's).
+async fn declare_direct_exchange(ch: &Channel, name: &str) -> Result<(), AmqpError> {
     ch.exchange_declare(
-        names.deliver_exchange().into(),
+        name.into(),
         ExchangeKind::Direct,
         ExchangeDeclareOptions {
             durable: true,
