@@ -86,6 +86,8 @@ struct Inner {
     journal: JobSender,
     /// `log.txt`, opened for reading: histories are read back from it.
     log: Arc<std::fs::File>,
+    /// Its path, for the errors of those reads.
+    log_path: Arc<Path>,
     limits: Limits,
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
@@ -342,6 +344,7 @@ impl ChatServer {
                 state,
                 journal,
                 log: Arc::new(log),
+                log_path: log_path.into(),
                 limits: config.limits,
                 data_dir: config.data_dir,
                 metrics,
@@ -637,7 +640,7 @@ impl ChatServer {
             (sent[start..end].to_vec(), sent.len() as u64)
         };
         let log = self.inner.log.clone();
-        let path = self.inner.data_dir.join(LOG_FILE);
+        let path = self.inner.log_path.clone();
         let max = self.inner.limits.max_reply_bytes;
         let id = principal.id.clone();
         tokio::task::spawn_blocking(move || {
@@ -761,9 +764,12 @@ impl ChatServer {
         match pending {
             Pending::Loaded(m) => Ok(m),
             Pending::Spilled(at) => {
-                let path = self.inner.data_dir.join(LOG_FILE);
-                let mut m =
-                    journal::read_logged(&self.inner.log, &path, at.offset, at.len as usize)?;
+                let mut m = journal::read_logged(
+                    &self.inner.log,
+                    &self.inner.log_path,
+                    at.offset,
+                    at.len as usize,
+                )?;
                 m.seq = at.seq;
                 Ok(Arc::new(m))
             }
