@@ -113,6 +113,7 @@ class PyClient:
         self.ch.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
         self.inbox = []
         self.last_seq = 0
+        self.batches = 0
 
     def _on_reply(self, ch, method, props, body):
         reply = self.pb.Reply()
@@ -157,12 +158,21 @@ class PyClient:
         self.ch.basic_consume(f"{self.ns}.client.{self.id}", self._on_message, exclusive=True)
 
     def _on_message(self, ch, method, props, body):
-        m = self.pb.ChatMessage()
-        m.ParseFromString(body)
-        if m.seq > self.last_seq:  # the seq rule: drop repeats
-            self.last_seq = m.seq
-            self.inbox.append(m)
-        ch.basic_ack(method.delivery_tag)
+        # One ChatMessage, or several in a ChatMessageBatch: decode by type.
+        if props.type == "chat.v1.ChatMessageBatch":
+            batch = self.pb.ChatMessageBatch()
+            batch.ParseFromString(body)
+            messages = list(batch.messages)
+            self.batches += 1
+        else:
+            m = self.pb.ChatMessage()
+            m.ParseFromString(body)
+            messages = [m]
+        for m in messages:
+            if m.seq > self.last_seq:  # the seq rule: drop repeats
+                self.last_seq = m.seq
+                self.inbox.append(m)
+        ch.basic_ack(method.delivery_tag)  # after the last one is handled
 
     def send(self, to, text, msg_id=None):
         return self.request(send=self.pb.SendRequest(

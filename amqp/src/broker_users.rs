@@ -143,7 +143,7 @@ impl Management {
         let bad = |why: &str| {
             AmqpError::Management(format!(
                 "bad --management-url {}: {why} (expected e.g. http://guest:guest@127.0.0.1:15672)",
-                crate::server::redact(raw)
+                crate::connection::redact(raw)
             ))
         };
         let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
@@ -175,7 +175,7 @@ impl Management {
             port,
             api: prefix,
             authorization,
-            redacted: crate::server::redact(raw),
+            redacted: crate::connection::redact(raw),
         })
     }
 
@@ -363,7 +363,7 @@ pub fn vhost_of(amqp_url: &str) -> Result<String, AmqpError> {
         .map_err(|e| {
             AmqpError::Management(format!(
                 "cannot read the vhost of {}: {e}",
-                crate::server::redact(first)
+                crate::connection::redact(first)
             ))
         })
 }

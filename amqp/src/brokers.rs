@@ -26,9 +26,9 @@ use lapin::Connection;
 use lapin::uri::AMQPUri;
 
 use crate::broker_users::Login;
+use crate::connection::{connection_properties, redact};
 use crate::deadline::bounded;
 use crate::error::AmqpError;
-use crate::server::{connection_properties, redact};
 
 /// The URLs of one `--amqp-url` value, in order, with a rotating start.
 #[derive(Debug)]

@@ -52,8 +52,8 @@ use tokio::task::JoinHandle;
 use crate::AmqpConfig;
 use crate::broker_users::{BrokerAuth, RELOGIN_TIMEOUT, client_login, register_login};
 use crate::brokers::{Brokers, Connected};
+use crate::connection::{close_connection, redact};
 use crate::error::{AmqpError, rejected};
-use crate::server::{close_connection, redact};
 use crate::topology::{self, Names};
 
 /// How long one broker connection attempt may take.
@@ -497,9 +497,9 @@ impl Shared {
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
-                    Some(Ok(d)) => match decode_message(&d) {
-                        Ok(m) => {
-                            if !sink.deliver(m, d.delivery_tag, link.generation).await {
+                    Some(Ok(d)) => match decode_messages(&d) {
+                        Ok(messages) => {
+                            if !deliver_all(sink, messages, d.delivery_tag, link.generation).await {
                                 break;
                             }
                         }
@@ -541,7 +541,8 @@ impl Shared {
     ) -> Result<(), lapin::Error> {
         // A tag from an older connection means nothing here; the broker
         // redelivers that message and the sink acknowledges the repeat.
-        if token.generation == link.generation {
+        // Tag 0: a message of a batch but its last, acknowledged with it.
+        if token.generation == link.generation && token.tag != NO_TAG {
             ch.basic_ack(token.tag, BasicAckOptions::default()).await?;
         }
         Ok(())
@@ -672,9 +673,47 @@ fn taken(e: &lapin::Error) -> bool {
         if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::RESOURCELOCKED)))
 }
 
-fn decode_message(d: &lapin::message::Delivery) -> Result<Message, String> {
-    let m = pb::ChatMessage::decode(d.data.as_slice()).map_err(|e| e.to_string())?;
-    Message::from_proto(m).map_err(|e| e.to_string())
+/// The acknowledgement tag of every message of a `ChatMessageBatch` but
+/// its last: the delivery is acknowledged once, with its last message
+/// (AMQP delivery tags start at 1).
+const NO_TAG: u64 = 0;
+
+/// Hands a delivery's messages to the sink; only the last carries the
+/// delivery's tag. False once the consumer is gone.
+async fn deliver_all(
+    sink: &mut IncomingSink,
+    messages: Vec<Message>,
+    tag: u64,
+    generation: u64,
+) -> bool {
+    let last = messages.len() - 1;
+    for (i, m) in messages.into_iter().enumerate() {
+        let tag = if i == last { tag } else { NO_TAG };
+        if !sink.deliver(m, tag, generation).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// The chat messages in one inbox delivery: a `ChatMessage`, or several
+/// in a `ChatMessageBatch` (by its `type`), in seq order.
+fn decode_messages(d: &lapin::message::Delivery) -> Result<Vec<Message>, String> {
+    let kind = d.properties.kind().as_ref().map(|k| k.as_str());
+    let protos = if kind == Some(topology::TYPE_MESSAGE_BATCH) {
+        pb::ChatMessageBatch::decode(d.data.as_slice())
+            .map_err(|e| e.to_string())?
+            .messages
+    } else {
+        vec![pb::ChatMessage::decode(d.data.as_slice()).map_err(|e| e.to_string())?]
+    };
+    if protos.is_empty() {
+        return Err("an empty ChatMessageBatch".into());
+    }
+    protos
+        .into_iter()
+        .map(|m| Message::from_proto(m).map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn unexpected(body: pb::reply::Body) -> ClientError {

@@ -16,6 +16,7 @@
 pub mod broker_users;
 pub mod brokers;
 pub mod client;
+mod connection;
 pub mod deadline;
 pub mod error;
 mod request;
@@ -24,6 +25,7 @@ pub mod topology;
 
 pub use broker_users::BrokerAuth;
 pub use client::AmqpClient;
+pub use connection::redact;
 pub use error::AmqpError;
 pub use server::{health, run};
 pub use topology::QueueType;
@@ -75,7 +77,19 @@ pub struct AmqpConfig {
     pub management_url: Option<String>,
     /// Per-client mode: password of the bootstrap user `<ns>.register`.
     pub register_password: String,
+    /// Server: adaptive batching. When several messages wait for one
+    /// recipient, they go into its queue as one `ChatMessageBatch`
+    /// delivery (up to [`MAX_DELIVERY_BATCH`]); a message that waits
+    /// alone goes out at once as a `ChatMessage`, so nothing waits for a
+    /// batch to fill. Off: one delivery per message.
+    pub batching: bool,
 }
+
+/// Most chat messages in one `ChatMessageBatch` delivery.
+pub const MAX_DELIVERY_BATCH: usize = 64;
+/// Most text bytes in one `ChatMessageBatch` delivery (far below the
+/// broker's `max_message_size`).
+pub const MAX_DELIVERY_BATCH_BYTES: usize = 256 * 1024;
 
 impl AmqpConfig {
     pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
@@ -88,6 +102,7 @@ impl AmqpConfig {
             broker_auth: BrokerAuth::Shared,
             management_url: None,
             register_password: broker_users::DEFAULT_REGISTER_PASSWORD.to_owned(),
+            batching: true,
         }
     }
 

@@ -120,7 +120,8 @@ mod tests {
             pb::request::Body::Register(r) => server.register(&creds, &r.client_id).await.map(drop),
             pb::request::Body::Send(s) => {
                 let principal = server.authenticate(&creds)?;
-                server.send(&principal, s).await.map(drop)
+                let cmd = chat_core::SendCommand::parse(s, &server.limits())?;
+                server.send(&principal, cmd).await.map(drop)
             }
             pb::request::Body::ListClients(_) => {
                 server.list();

@@ -92,6 +92,9 @@ pub const TYPE_REQUEST: &str = "chat.v1.Request";
 pub const TYPE_REPLY: &str = "chat.v1.Reply";
 /// `type` property of a delivered message (body: `chat.v1.ChatMessage`).
 pub const TYPE_MESSAGE: &str = "chat.v1.ChatMessage";
+/// `type` of a delivery that holds several chat messages (see
+/// [`batch_properties`]).
+pub const TYPE_MESSAGE_BATCH: &str = "chat.v1.ChatMessageBatch";
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -397,7 +400,7 @@ pub async fn delete(
                 .await?;
         }
     }
-    crate::server::close_connection(&conn, "cleanup done").await;
+    crate::connection::close_connection(&conn, "cleanup done").await;
     Ok(())
 }
 
@@ -430,6 +433,14 @@ pub fn reply_properties(correlation_id: Option<&ShortString>) -> BasicProperties
 pub fn message_properties(message_id: &str, timestamp_ms: i64) -> BasicProperties {
     props(TYPE_MESSAGE, PERSISTENT)
         .with_message_id(message_id.into())
+        .with_timestamp(u64::try_from(timestamp_ms / 1000).unwrap_or(0))
+}
+
+/// Properties of a delivery of several chat messages: `message_id` and
+/// `timestamp` are those of the first.
+pub fn batch_properties(first_id: &str, timestamp_ms: i64) -> BasicProperties {
+    props(TYPE_MESSAGE_BATCH, PERSISTENT)
+        .with_message_id(first_id.into())
         .with_timestamp(u64::try_from(timestamp_ms / 1000).unwrap_or(0))
 }
 

@@ -21,7 +21,11 @@ struct Server(InProcess<chat_amqp::AmqpError>);
 
 impl Server {
     async fn start(ns: &Namespace, max_pending: usize) -> Self {
-        let config = ns.config();
+        // One message per delivery, so that the client's prefetch (256
+        // deliveries) is 256 messages and the slow-consumer bound below is
+        // exact; with batching a delivery may hold up to 64 (docs/limits.md).
+        let mut config = ns.config();
+        config.batching = false;
         let server = InProcess::start(max_pending, |chat, shutdown| {
             chat_amqp::run(config, chat, shutdown)
         });

@@ -20,8 +20,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use chat_bench::fixtures::{
-    client_name, count_label, creds, open_server, principal, register_clients, send_messages,
-    send_request, text,
+    client_name, count_label, creds, open_server, principal, register_clients, send_command,
+    send_messages, text,
 };
 use chat_bench::{runtime, time_async};
 use chat_core::ChatServer;
@@ -100,7 +100,7 @@ fn core_ops(c: &mut Criterion) {
                 time_async(&rt, iters, |i| {
                     let from = &names[i as usize % p.n];
                     let to = &names[(i as usize + 1) % p.n];
-                    let request = send_request(from, to, &body);
+                    let request = send_command(from, to, &body);
                     let server = &p.server;
                     async move {
                         // Authenticated per request, as the adapters do.

@@ -83,7 +83,7 @@ fn main() {
         Err(why) => {
             eprintln!(
                 "AMQP benches skipped: no broker answers at {} ({why}); start RabbitMQ or set AMQP_URL",
-                chat_amqp::server::redact(&url)
+                chat_amqp::redact(&url)
             );
             None
         }

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chat_bench::fixtures::{
-    count_label, creds, open_server, principal, register_clients, send_messages, send_request,
+    count_label, creds, open_server, principal, register_clients, send_command, send_messages,
     size_label, text,
 };
 use chat_bench::{runtime, time_async};
@@ -102,7 +102,7 @@ fn log_append(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 time_async(&rt, iters, |_| async {
                     server
-                        .send(&alice, send_request("alice", "bob", &body))
+                        .send(&alice, send_command("alice", "bob", &body))
                         .await
                         .expect("accepted");
                 })
@@ -114,7 +114,7 @@ fn log_append(c: &mut Criterion) {
                 time_async(&rt, iters, |_| async {
                     try_join_all(
                         (0..GROUP)
-                            .map(|_| server.send(&alice, send_request("alice", "bob", &body))),
+                            .map(|_| server.send(&alice, send_command("alice", "bob", &body))),
                     )
                     .await
                     .expect("accepted");

@@ -74,6 +74,17 @@ pub fn send_request(from: &str, to: &str, text: &str) -> pb::SendRequest {
     }
 }
 
+/// A send as an adapter hands it to the server (parsed at the edge), with
+/// a server-assigned message ID.
+pub fn send_command(from: &str, to: &str, text: &str) -> chat_core::SendCommand {
+    chat_core::SendCommand {
+        id: chat_core::MessageId::generate(),
+        from: chat_core::ClientId::parse(from).expect("valid bench ID"),
+        to: chat_core::ClientId::parse(to).expect("valid bench ID"),
+        text: text.to_owned(),
+    }
+}
+
 /// A chat message as the server pushes it, with a `len`-byte text.
 pub fn chat_message(len: usize) -> pb::ChatMessage {
     pb::ChatMessage {
@@ -133,7 +144,7 @@ pub async fn send_messages(server: &ChatServer, from: &str, to: &str, n: usize, 
     let mut left = n;
     while left > 0 {
         let now = left.min(SETUP_CONCURRENCY);
-        try_join_all((0..now).map(|_| server.send(&from_p, send_request(from, to, &body))))
+        try_join_all((0..now).map(|_| server.send(&from_p, send_command(from, to, &body))))
             .await
             .expect("setup send refused");
         left -= now;

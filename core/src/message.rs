@@ -43,6 +43,32 @@ impl Receipt {
     }
 }
 
+/// A send, parsed at the edge (the adapter's request handler): both IDs,
+/// the message ID and the text are valid before the server sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendCommand {
+    pub id: MessageId,
+    pub from: ClientId,
+    pub to: ClientId,
+    pub text: String,
+}
+
+impl SendCommand {
+    /// Checks a `SendRequest` against `limits`. An empty `id` gets a new one.
+    pub fn parse(req: pb::SendRequest, limits: &crate::limits::Limits) -> Result<Self, ChatError> {
+        let from = ClientId::parse(&req.from)?;
+        let to = ClientId::parse(&req.to)?;
+        let id = MessageId::parse_or_generate(&req.id)?;
+        limits.check_text(&req.text)?;
+        Ok(Self {
+            id,
+            from,
+            to,
+            text: req.text,
+        })
+    }
+}
+
 impl Message {
     /// The timestamp as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T09:36:39.123Z`.
     pub fn timestamp_rfc3339(&self) -> String {

@@ -44,18 +44,15 @@ use crate::id::{ClientId, MessageId};
 use crate::identity::{Credentials, Principal, Secret, SecretHash};
 use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Record};
 use crate::limits::Limits;
-use crate::message::{ClientInfo, Message, Receipt, now_ms};
+use crate::message::{ClientInfo, Message, Receipt, SendCommand, now_ms};
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Pending, Sent, message_bytes};
 
 /// Most messages a session takes from the mailbox in one go.
 const SESSION_BATCH: usize = 256;
 
 /// Most messages in one history page (a request may ask for fewer).
 pub const MAX_HISTORY_PAGE: usize = 1000;
-
-/// What an undelivered message held in memory is counted as, besides its
-/// text (the `Message`, its `Arc` and its mailbox slot).
-const MESSAGE_OVERHEAD: usize = 128;
 
 /// Server configuration.
 #[derive(Clone, Debug)]
@@ -104,37 +101,14 @@ struct State {
     /// Bytes of undelivered messages held in memory, over all mailboxes
     /// (bounded by [`Limits::mailbox_memory`]; the rest wait in `log.txt`).
     mailbox_bytes: usize,
+    /// Recipients with messages not handed out yet, in the order they got
+    /// them; kept only while a forwarder runs ([`ChatServer::start_forwarding`]).
+    ready: VecDeque<ClientId>,
+    forwarding: bool,
+    /// Wakes the forwarder when [`Self::ready`] gets a recipient.
+    forward_wake: Arc<Notify>,
     shutting_down: bool,
     next_session: u64,
-}
-
-/// An undelivered message: in memory, or only in `log.txt` (spilled, when
-/// the mailboxes already hold [`Limits::mailbox_memory`] bytes).
-#[derive(Clone, Debug)]
-enum Pending {
-    Loaded(Arc<Message>),
-    Spilled(Sent),
-}
-
-impl Pending {
-    fn seq(&self) -> u64 {
-        match self {
-            Self::Loaded(m) => m.seq,
-            Self::Spilled(s) => s.seq,
-        }
-    }
-
-    /// Memory it accounts for in [`State::mailbox_bytes`].
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Loaded(m) => message_bytes(m),
-            Self::Spilled(_) => 0,
-        }
-    }
-}
-
-fn message_bytes(m: &Message) -> usize {
-    m.text.len() + MESSAGE_OVERHEAD
 }
 
 /// A bounded window of accepted messages by ID: the last `cap` of them.
@@ -172,27 +146,6 @@ impl Recent {
     }
 }
 
-/// Where a message a client sent is in `log.txt` (its history is read
-/// back from there), and the seq it got: 24 bytes per message, instead of
-/// the whole message in memory.
-#[derive(Clone, Copy, Debug)]
-struct Sent {
-    offset: u64,
-    seq: u64,
-    len: u32,
-}
-
-impl Sent {
-    fn new(offset: u64, len: usize, seq: u64) -> Self {
-        Self {
-            offset,
-            seq,
-            // A log line is bounded by the text limit, far below 4 GiB.
-            len: u32::try_from(len).unwrap_or(u32::MAX),
-        }
-    }
-}
-
 #[derive(Default)]
 struct Client {
     /// When the ID was first registered (Unix ms), kept through compaction.
@@ -204,24 +157,23 @@ struct Client {
     session: Option<u64>,
     /// Last seq assigned to a message for this client (committed or not).
     assigned_seq: u64,
-    /// Everything up to here reached its next hop.
-    acked: u64,
-    /// Committed messages above `acked`, in seq order.
-    mailbox: VecDeque<Pending>,
-    /// Messages up to `acked` that the next hop still holds unread for
-    /// this client: on AMQP, what its queue holds (an upper estimate, see
-    /// [`ChatServer::set_queued_downstream`]); always 0 when the next hop
-    /// is the client itself (gRPC). Counts towards `--max-pending`.
+    /// Its committed messages that have not reached their next hop.
+    outbox: Outbox,
+    /// Whether it is in [`State::ready`].
+    ready: bool,
+    /// Messages up to the outbox's ack that the next hop still holds unread
+    /// for this client: on AMQP, what its queue holds (an upper estimate,
+    /// see [`ChatServer::set_queued_downstream`]); always 0 when the next
+    /// hop is the client itself (gRPC). Counts towards `--max-pending`.
     queued_downstream: usize,
     /// Where the messages this client sent are in `log.txt`, oldest first.
     history: Vec<Sent>,
-    /// Wakes this client's session when its mailbox grows.
-    notify: Arc<Notify>,
 }
 
 impl Client {
-    fn committed_seq(&self) -> u64 {
-        self.mailbox.back().map_or(self.acked, Pending::seq)
+    /// What waits for it unread, as `--max-pending` counts it.
+    fn pending(&self) -> usize {
+        (self.assigned_seq - self.outbox.acked()) as usize + self.queued_downstream
     }
 }
 
@@ -237,8 +189,46 @@ impl State {
             Pending::Spilled(at)
         };
         if let Some(c) = self.clients.get_mut(to) {
-            c.mailbox.push_back(pending);
+            c.outbox.push(pending);
         }
+        self.mark_ready(to);
+    }
+
+    /// Puts `to` in the forwarder's queue if it has something to hand out.
+    fn mark_ready(&mut self, to: &ClientId) {
+        if !self.forwarding {
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(to)
+            && !c.ready
+            && c.outbox.has_unhanded()
+        {
+            c.ready = true;
+            self.ready.push_back(to.clone());
+            self.forward_wake.notify_one();
+        }
+    }
+
+    /// Takes per-recipient batches of up to `max` messages in all, each
+    /// recipient's in seq order, from the front of [`Self::ready`].
+    fn take_round(&mut self, max: usize) -> Vec<(ClientId, Vec<Pending>)> {
+        let mut round = Vec::new();
+        let mut left = max;
+        while left > 0
+            && let Some(to) = self.ready.pop_front()
+        {
+            let Some(c) = self.clients.get_mut(&to) else {
+                continue;
+            };
+            c.ready = false;
+            let batch = c.outbox.take(left);
+            left -= batch.len();
+            if !batch.is_empty() {
+                round.push((to.clone(), batch));
+            }
+            self.mark_ready(&to);
+        }
+        round
     }
 }
 
@@ -272,25 +262,26 @@ impl ChatServer {
                     &format!("an ack for {id}, which no line of the file registers"),
                 ));
             };
-            if seq >= c.acked {
-                c.acked = seq;
+            if seq >= c.outbox.acked() {
+                c.outbox.restore_acked(seq);
                 ack_lines.insert(id, line);
             }
         }
         let count = replay_log(&config.data_dir, &mut state, config.limits.mailbox_memory)?;
         for (id, c) in &state.clients {
-            if c.acked > c.assigned_seq {
+            if c.outbox.acked() > c.assigned_seq {
                 let line = ack_lines.get(id).copied().unwrap_or(0);
                 return Err(journal::corrupt_because(
                     &state_path,
                     line,
-                    &format!("ack {id} {}", c.acked),
+                    &format!("ack {id} {}", c.outbox.acked()),
                     &format!(
                         "{id} acknowledged up to seq {} but log.txt has only {} messages \
                          for {id}: log.txt is shorter than the journal says (restored \
                          from an older copy?), and acknowledging messages that are not \
                          there would hide any that arrive",
-                        c.acked, c.assigned_seq
+                        c.outbox.acked(),
+                        c.assigned_seq
                     ),
                 ));
             }
@@ -299,18 +290,19 @@ impl ChatServer {
             .clients
             .iter()
             .flat_map(|(id, c)| {
-                let ack = (c.acked > 0).then(|| Record::Ack(id.clone(), c.acked));
+                let acked = c.outbox.acked();
+                let ack = (acked > 0).then(|| Record::Ack(id.clone(), acked));
                 std::iter::once(Record::Register(id.clone(), c.registered_ms, c.secret)).chain(ack)
             })
             .collect();
         if replay.state_lines > snapshot.len() {
             journal::compact_state(&config.data_dir, &snapshot)?;
         }
-        let pending: usize = state.clients.values().map(|c| c.mailbox.len()).sum();
+        let pending: usize = state.clients.values().map(|c| c.outbox.len()).sum();
         let spilled: usize = state
             .clients
             .values()
-            .flat_map(|c| &c.mailbox)
+            .flat_map(|c| c.outbox.iter())
             .filter(|p| matches!(p, Pending::Spilled(_)))
             .count();
         tracing::info!(
@@ -439,62 +431,61 @@ impl ChatServer {
         }
         Ok((principal, created))
     }
-    /// Accepts a message: validates it, appends it to `log.txt` and queues it
-    /// for its recipient. Returns once it is durable; delivery happens later.
+    /// Accepts a message: appends it to `log.txt` and queues it for its
+    /// recipient. Returns once it is durable; delivery happens later.
     /// Sender and recipient must both be registered.
     pub async fn send(
         &self,
         principal: &Principal,
-        req: pb::SendRequest,
+        cmd: SendCommand,
     ) -> Result<Receipt, ChatError> {
-        // Validated here, but the IDs the message carries are the registry's
-        // own (an Arc clone), not two new allocations per message.
-        ClientId::validate(&req.from)?;
-        ClientId::validate(&req.to)?;
-        let id = MessageId::parse_or_generate(&req.id)?;
-        self.inner.limits.check_text(&req.text)?;
-        principal.acting_as(&req.from)?;
-        let (receipt, rx) = {
-            let mut st = self.lock();
-            if st.shutting_down {
-                return Err(ChatError::ShuttingDown);
-            }
-            if let Some(existing) = st.recent.get(&id) {
-                return Ok(existing.clone());
-            }
-            let Some((from, _)) = st.clients.get_key_value(req.from.as_str()) else {
-                return Err(ChatError::UnknownSender(ClientId::parse(&req.from)?));
-            };
-            let from = from.clone();
-            let Some((to, _)) = st.clients.get_key_value(req.to.as_str()) else {
-                return Err(ChatError::UnknownRecipient(ClientId::parse(&req.to)?));
-            };
-            let to = to.clone();
-            let Some(recipient) = st.clients.get_mut(&to) else {
-                return Err(ChatError::UnknownRecipient(to));
-            };
-            let pending =
-                (recipient.assigned_seq - recipient.acked) as usize + recipient.queued_downstream;
-            let max = self.inner.limits.max_pending;
-            if pending >= max {
-                return Err(ChatError::MailboxFull { to, pending, max });
-            }
-            recipient.assigned_seq += 1;
-            let message = Arc::new(Message {
-                id,
-                from,
-                to,
-                text: req.text,
-                timestamp_ms: now_ms(),
-                seq: recipient.assigned_seq,
-            });
-            let receipt = Receipt::of(&message);
-            st.recent.insert(receipt.clone());
-            let rx = self.queue(Record::Message(message));
-            (receipt, rx)
+        self.accept(principal, cmd)?.durable().await
+    }
+
+    /// The synchronous half of [`Self::send`]: checks the message, gives it
+    /// the recipient's next seq and queues it to the journal, all before
+    /// returning, so that two sends accepted one after the other keep that
+    /// order. Await [`Admitted::durable`] before answering the sender.
+    pub fn accept(&self, principal: &Principal, cmd: SendCommand) -> Result<Admitted, ChatError> {
+        principal.acting_as(cmd.from.as_str())?;
+        let mut st = self.lock();
+        if st.shutting_down {
+            return Err(ChatError::ShuttingDown);
+        }
+        if let Some(existing) = st.recent.get(&cmd.id) {
+            return Ok(Admitted::already(self, existing.clone()));
+        }
+        // The message carries the registry's own IDs (an Arc clone).
+        let Some((from, _)) = st.clients.get_key_value(&cmd.from) else {
+            return Err(ChatError::UnknownSender(cmd.from));
         };
-        self.durable(rx).await?;
-        Ok(receipt)
+        let from = from.clone();
+        let Some((to, _)) = st.clients.get_key_value(&cmd.to) else {
+            return Err(ChatError::UnknownRecipient(cmd.to));
+        };
+        let to = to.clone();
+        let recipient = st.clients.get_mut(&to).expect("looked up above");
+        let (pending, max) = (recipient.pending(), self.inner.limits.max_pending);
+        if pending >= max {
+            return Err(ChatError::MailboxFull { to, pending, max });
+        }
+        recipient.assigned_seq += 1;
+        let message = Arc::new(Message {
+            id: cmd.id,
+            from,
+            to,
+            text: cmd.text,
+            timestamp_ms: now_ms(),
+            seq: recipient.assigned_seq,
+        });
+        let receipt = Receipt::of(&message);
+        st.recent.insert(receipt.clone());
+        let rx = self.queue(Record::Message(message));
+        Ok(Admitted {
+            server: self.clone(),
+            receipt,
+            durable: Some(rx),
+        })
     }
 
     /// Claims `raw_id` online and returns the session that streams its
@@ -527,19 +518,19 @@ impl ChatServer {
             }
             c.session = Some(session_no);
             self.inner.metrics.went_online();
+            c.outbox.rewind(after_seq);
             let session = Session {
                 server: self.clone(),
                 id,
                 session_no,
-                cursor: after_seq.max(c.acked),
-                notify: c.notify.clone(),
+                notify: c.outbox.notify().clone(),
             };
             (session, record.map(|r| self.queue(r)))
         };
         if let Some(rx) = rx {
             self.durable(rx).await?;
         }
-        tracing::info!(client = %session.id, after = session.cursor, "client online");
+        tracing::info!(client = %session.id, after = after_seq, "client online");
         Ok(session)
     }
 
@@ -565,6 +556,72 @@ impl ChatServer {
         self.advance(to, up_to_seq, true).await
     }
 
+    /// Makes this server hand its outboxes to a forwarder (AMQP), from
+    /// their acknowledged cursors: whatever was handed out before and not
+    /// acknowledged (on a previous connection) is handed out again. Returns
+    /// what wakes the forwarder when [`Self::next_round`] has work.
+    pub fn start_forwarding(&self) -> Arc<Notify> {
+        let mut st = self.lock();
+        st.forwarding = true;
+        st.ready.clear();
+        let ids: Vec<ClientId> = st.clients.keys().cloned().collect();
+        for id in ids {
+            if let Some(c) = st.clients.get_mut(&id) {
+                c.ready = false;
+                c.outbox.rewind(0);
+            }
+            st.mark_ready(&id);
+        }
+        st.forward_wake.notify_one();
+        st.forward_wake.clone()
+    }
+
+    /// The next messages to forward: per-recipient batches, each in seq
+    /// order and after what was handed out already, at most `max` in all.
+    /// Recipients take turns, so one backlog does not hold up the rest.
+    /// Empty when nothing waits (or the server shuts down).
+    pub fn next_round(&self, max: usize) -> Result<Vec<Outgoing>, ChatError> {
+        let round = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Ok(Vec::new());
+            }
+            st.take_round(max)
+        };
+        round
+            .into_iter()
+            .map(|(to, batch)| match self.load_all(batch) {
+                Ok(messages) => Ok(Outgoing { to, messages }),
+                Err(e) => {
+                    // Handed out again next round.
+                    self.rewind(&to, 0);
+                    Err(e)
+                }
+            })
+            .collect()
+    }
+
+    /// Hands `to`'s messages after `after` out again (a publish the next
+    /// hop refused).
+    pub fn rewind(&self, to: &ClientId, after: u64) {
+        let mut st = self.lock();
+        if let Some(c) = st.clients.get_mut(to) {
+            c.outbox.rewind(after);
+        }
+        st.mark_ready(to);
+    }
+
+    /// Resolves once `to`'s message `seq` reached its next hop (through
+    /// [`Self::forwarded`] or [`Self::ack`]).
+    pub fn wait_forwarded(&self, to: &ClientId, seq: u64) -> oneshot::Receiver<()> {
+        let mut st = self.lock();
+        match st.clients.get_mut(to) {
+            Some(c) => c.outbox.wait_acked(seq),
+            // Not registered: nothing will be forwarded (dropped sender).
+            None => oneshot::channel().1,
+        }
+    }
+
     /// Moves `to`'s cursor to `up_to_seq`; with `queued`, what it passes
     /// is now held unread by the next hop.
     async fn advance(&self, to: &ClientId, up_to_seq: u64, queued: bool) -> Result<(), ChatError> {
@@ -573,27 +630,17 @@ impl ChatServer {
             let Some(c) = st.clients.get_mut(to) else {
                 return Err(ChatError::UnknownRecipient(to.clone()));
             };
-            let up_to = up_to_seq.min(c.committed_seq());
-            if up_to <= c.acked {
+            let before = c.outbox.acked();
+            let Some(released) = c.outbox.ack(up_to_seq) else {
                 return Ok(());
-            }
+            };
+            let up_to = c.outbox.acked();
             if queued {
-                c.queued_downstream += (up_to - c.acked) as usize;
+                c.queued_downstream += (up_to - before) as usize;
             }
-            c.acked = up_to;
-            let mut freed = 0;
-            let before = c.mailbox.len();
-            while c.mailbox.front().is_some_and(|m| m.seq() <= up_to) {
-                freed += c.mailbox.pop_front().map_or(0, |p| p.bytes());
-            }
-            let acked = before - c.mailbox.len();
-            self.inner.metrics.acked.inc_by(acked as u64);
-            self.inner.metrics.pending.dec_by(gauge(acked));
-            if c.mailbox.is_empty() && c.mailbox.capacity() > 1024 {
-                // A drained backlog gives its memory back.
-                c.mailbox = VecDeque::new();
-            }
-            st.mailbox_bytes -= freed;
+            self.inner.metrics.acked.inc_by(released.messages as u64);
+            self.inner.metrics.pending.dec_by(gauge(released.messages));
+            st.mailbox_bytes -= released.bytes;
             self.queue(Record::Ack(to.clone(), up_to))
         };
         self.durable(rx).await
@@ -703,7 +750,7 @@ impl ChatServer {
         self.lock()
             .clients
             .iter()
-            .map(|(id, c)| (id.clone(), c.acked))
+            .map(|(id, c)| (id.clone(), c.outbox.acked()))
             .collect()
     }
 
@@ -718,11 +765,8 @@ impl ChatServer {
         self.lock()
             .clients
             .iter()
-            .filter(|(_, c)| {
-                c.queued_downstream > 0
-                    && (c.assigned_seq - c.acked) as usize + c.queued_downstream >= half
-            })
-            .map(|(id, c)| (id.clone(), c.acked))
+            .filter(|(_, c)| c.queued_downstream > 0 && c.pending() >= half)
+            .map(|(id, c)| (id.clone(), c.outbox.acked()))
             .collect()
     }
 
@@ -733,7 +777,7 @@ impl ChatServer {
     /// the estimate errs on the side of too many, never too few.
     pub fn set_queued_downstream(&self, to: &ClientId, mark: u64, depth: usize) {
         if let Some(c) = self.lock().clients.get_mut(to) {
-            c.queued_downstream = depth + c.acked.saturating_sub(mark) as usize;
+            c.queued_downstream = depth + c.outbox.acked().saturating_sub(mark) as usize;
         }
     }
 
@@ -744,7 +788,7 @@ impl ChatServer {
             .lock()
             .clients
             .values()
-            .flat_map(|c| c.mailbox.iter().cloned())
+            .flat_map(|c| c.outbox.iter().cloned())
             .collect();
         pending
             .into_iter()
@@ -776,6 +820,16 @@ impl ChatServer {
         }
     }
 
+    /// [`Self::load`] for each slot of a batch.
+    fn load_all(&self, batch: Vec<Pending>) -> Result<Vec<Arc<Message>>, ChatError> {
+        batch.into_iter().map(|p| self.load(p)).collect()
+    }
+
+    /// How many committed messages have not reached their next hop.
+    pub fn undelivered_count(&self) -> usize {
+        self.lock().clients.values().map(|c| c.outbox.len()).sum()
+    }
+
     /// Bytes of undelivered messages held in memory (the rest are spilled).
     pub fn mailbox_bytes(&self) -> usize {
         self.lock().mailbox_bytes
@@ -786,8 +840,9 @@ impl ChatServer {
         let mut st = self.lock();
         st.shutting_down = true;
         for c in st.clients.values() {
-            c.notify.notify_one();
+            c.outbox.notify().notify_one();
         }
+        st.forward_wake.notify_one();
     }
 }
 
@@ -890,7 +945,7 @@ fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, Cha
         let c = state.clients.get_mut(&to).expect("looked up above");
         c.assigned_seq += 1;
         let seq = c.assigned_seq;
-        let acked = c.acked;
+        let acked = c.outbox.acked();
         let message = Message {
             seq,
             from: from.clone(),
@@ -934,10 +989,10 @@ fn commit(
         if let Some(from) = st.clients.get_mut(&m.from) {
             from.history.push(sent);
         }
-        let unacked = st.clients.get(&m.to).is_some_and(|to| {
-            to.notify.notify_one();
-            m.seq > to.acked
-        });
+        let unacked = st
+            .clients
+            .get(&m.to)
+            .is_some_and(|to| m.seq > to.outbox.acked());
         if unacked {
             st.enqueue(&m.to, m.clone(), sent, budget);
             metrics.pending.inc();
@@ -950,13 +1005,47 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A client's claim on its ID being online, and the cursor of what has been
-/// handed to it. Dropping it takes the client offline.
+/// A message [`ChatServer::accept`] took, on its way to the journal.
+#[must_use = "the sender may only be answered once the message is durable"]
+pub struct Admitted {
+    server: ChatServer,
+    receipt: Receipt,
+    /// `None`: accepted before (a retried send), durable already.
+    durable: Option<oneshot::Receiver<Result<(), Arc<std::io::Error>>>>,
+}
+
+impl Admitted {
+    fn already(server: &ChatServer, receipt: Receipt) -> Self {
+        Self {
+            server: server.clone(),
+            receipt,
+            durable: None,
+        }
+    }
+
+    /// Waits until the message is in `log.txt` (and, with
+    /// `--durability fsync`, on disk).
+    pub async fn durable(self) -> Result<Receipt, ChatError> {
+        if let Some(rx) = self.durable {
+            self.server.durable(rx).await?;
+        }
+        Ok(self.receipt)
+    }
+}
+
+/// Messages for one recipient, in seq order, to forward in one go.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub to: ClientId,
+    pub messages: Vec<Arc<Message>>,
+}
+
+/// A client's claim on its ID being online; it hands the client's outbox
+/// to its stream. Dropping it takes the client offline.
 pub struct Session {
     server: ChatServer,
     id: ClientId,
     session_no: u64,
-    cursor: u64,
     notify: Arc<Notify>,
 }
 
@@ -969,39 +1058,24 @@ impl Session {
     /// `None` once the server shuts down.
     pub async fn next_batch(&mut self) -> Option<Vec<Arc<Message>>> {
         loop {
-            {
-                let st = self.server.lock();
+            let batch = {
+                let mut st = self.server.lock();
                 if st.shutting_down {
                     return None;
                 }
-                let c = st.clients.get(&self.id)?;
-                let start = c.mailbox.front().map_or(0, |first| {
-                    (self.cursor + 1).saturating_sub(first.seq()) as usize
-                });
-                if start < c.mailbox.len() {
-                    let batch: Vec<Pending> = c
-                        .mailbox
-                        .range(start..)
-                        .take(SESSION_BATCH)
-                        .cloned()
-                        .collect();
-                    drop(st);
-                    // Spilled messages are read back outside the lock.
-                    let mut out = Vec::with_capacity(batch.len());
-                    for p in batch {
-                        match self.server.load(p) {
-                            Ok(m) => out.push(m),
-                            Err(e) => {
-                                // Ends this session; the client reconnects
-                                // and nothing was acknowledged.
-                                tracing::error!(client = %self.id, error = %e, "cannot read an undelivered message back");
-                                return None;
-                            }
-                        }
+                st.clients.get_mut(&self.id)?.outbox.take(SESSION_BATCH)
+            };
+            if !batch.is_empty() {
+                // Spilled messages are read back outside the lock. A read
+                // error ends this session; the client reconnects and
+                // nothing was acknowledged.
+                return match self.server.load_all(batch) {
+                    Ok(out) => Some(out),
+                    Err(e) => {
+                        tracing::error!(client = %self.id, error = %e, "cannot read an undelivered message back");
+                        None
                     }
-                    self.cursor = out.last().map_or(self.cursor, |m| m.seq);
-                    return Some(out);
-                }
+                };
             }
             self.notify.notified().await;
         }
@@ -1106,7 +1180,8 @@ mod tests {
 
     async fn send(s: &ChatServer, from: &str, to: &str, text: &str) -> Result<Receipt, ChatError> {
         let p = s.authenticate(&creds(from))?;
-        s.send(&p, send_req(from, to, text)).await
+        let cmd = SendCommand::parse(send_req(from, to, text), &s.limits())?;
+        s.send(&p, cmd).await
     }
 
     #[tokio::test]
@@ -1208,9 +1283,12 @@ mod tests {
             c.limits.dedupe_window = 3;
             c
         };
-        let with_id = |id: &str, text: &str| pb::SendRequest {
-            id: id.into(),
-            ..send_req("alice", "bob", text)
+        let with_id = |id: &str, text: &str| {
+            let req = pb::SendRequest {
+                id: id.into(),
+                ..send_req("alice", "bob", text)
+            };
+            SendCommand::parse(req, &Limits::default()).unwrap()
         };
         let retried = "0193f0c6-8a1e-7cc2-9d1a-3b7e4f5a6b7c";
         {
@@ -1267,7 +1345,7 @@ mod tests {
                 assert!(s.mailbox_bytes() <= 2000);
             }
             let spilled = s.lock().clients[&ClientId::parse("bob").unwrap()]
-                .mailbox
+                .outbox
                 .iter()
                 .filter(|p| matches!(p, Pending::Spilled(_)))
                 .count();
@@ -1380,6 +1458,63 @@ mod tests {
             .expect("refuses to guess");
         let msg = err.to_string();
         assert!(msg.contains("log.txt") && msg.contains("line 1"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn the_forwarder_gets_fair_batches_and_cumulative_acks_resolve_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        for name in ["alice", "bob", "carol"] {
+            register(&s, name).await.unwrap();
+        }
+        for i in 0..5 {
+            send(&s, "alice", "bob", &format!("b{i}")).await.unwrap();
+        }
+        send(&s, "alice", "carol", "c0").await.unwrap();
+        s.start_forwarding();
+        let bob = ClientId::parse("bob").unwrap();
+        let waiter = s.wait_forwarded(&bob, 5);
+
+        // Three per round: bob's first three, then the rest of bob and carol.
+        let round = s.next_round(3).unwrap();
+        let seqs = |r: &[Outgoing]| -> Vec<(String, Vec<u64>)> {
+            r.iter()
+                .map(|o| (o.to.to_string(), o.messages.iter().map(|m| m.seq).collect()))
+                .collect()
+        };
+        assert_eq!(seqs(&round), [("bob".into(), vec![1, 2, 3])]);
+        let round = s.next_round(10).unwrap();
+        assert_eq!(
+            seqs(&round),
+            [("carol".into(), vec![1]), ("bob".into(), vec![4, 5])]
+        );
+        assert!(s.next_round(10).unwrap().is_empty(), "each handed out once");
+
+        // The broker refused bob's 4: handed out again from there.
+        s.forwarded(&bob, 3).await.unwrap();
+        s.rewind(&bob, 3);
+        assert_eq!(
+            seqs(&s.next_round(10).unwrap()),
+            [("bob".into(), vec![4, 5])]
+        );
+        s.forwarded(&bob, 5).await.unwrap();
+        waiter.await.expect("resolved by the cumulative ack");
+        assert_eq!(s.undelivered_count(), 1, "carol's is not acknowledged yet");
+
+        // A new connection hands out what was not acknowledged.
+        s.start_forwarding();
+        assert_eq!(
+            seqs(&s.next_round(10).unwrap()),
+            [("carol".into(), vec![1])]
+        );
+        drop(s);
+        let s = open(dir.path()).await;
+        s.start_forwarding();
+        assert_eq!(
+            seqs(&s.next_round(10).unwrap()),
+            [("carol".into(), vec![1])],
+            "the cumulative acks were journaled"
+        );
     }
 
     #[tokio::test]
@@ -1511,9 +1646,12 @@ mod tests {
             assert_eq!(e.code(), ErrorCode::PermissionDenied, "{e}");
         };
         denied(
-            s.send(&bob, send_req("alice", "bob", "forged"))
-                .await
-                .map(|_| ()),
+            s.send(
+                &bob,
+                SendCommand::parse(send_req("alice", "bob", "forged"), &Limits::default()).unwrap(),
+            )
+            .await
+            .map(|_| ()),
         );
         denied(s.history(&bob, "alice").await.map(|_| ()));
         denied(s.ack(&bob, "alice", 1).await);

@@ -275,7 +275,8 @@ async fn written_dir() -> tempfile::TempDir {
             to: "bob".into(),
             text: text.into(),
         };
-        s.send(&alice, req).await.unwrap();
+        let cmd = chat_core::SendCommand::parse(req, &s.limits()).unwrap();
+        s.send(&alice, cmd).await.unwrap();
     }
     s.ack(&bob, "bob", 1).await.unwrap();
     dir

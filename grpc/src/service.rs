@@ -12,7 +12,7 @@
 
 use std::future::Future;
 
-use chat_core::{ChatError, ChatServer, Credentials, Principal};
+use chat_core::{ChatError, ChatServer, Credentials, Principal, SendCommand};
 use chat_proto::v1 as pb;
 use pb::chat_server::{Chat, ChatServer as ChatService};
 use tokio::net::TcpListener;
@@ -91,9 +91,11 @@ impl Chat for GrpcChat {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
         let principal = self.authenticate(&request)?;
+        let cmd = SendCommand::parse(request.into_inner(), &self.server.limits())
+            .map_err(|e| self.refuse(e))?;
         let m = self
             .server
-            .send(&principal, request.into_inner())
+            .send(&principal, cmd)
             .await
             .map_err(|e| self.refuse(e))?;
         Ok(Response::new(pb::SendReply {

@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     // of an ID without a user yet), which the client handles itself. Off
     // unless RUST_LOG names lapin.
     chat_core::telemetry::init_quiet("warn", &["lapin"]);
-    let endpoint = chat_amqp::server::redact(&args.broker.amqp_url);
+    let endpoint = chat_amqp::redact(&args.broker.amqp_url);
     let config = args.broker.config();
     // One state file per broker and namespace: two chats on one broker are
     // two different servers.

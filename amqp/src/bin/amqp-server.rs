@@ -24,6 +24,11 @@ struct Args {
     /// broker users. The password is never logged.
     #[arg(long, env = "CHAT_AMQP_MANAGEMENT_URL", global = true)]
     management_url: Option<String>,
+    /// Adaptive batching: when several messages wait for one recipient,
+    /// deliver them as one ChatMessageBatch (a message that waits alone
+    /// goes out at once, as a ChatMessage). `off`: one delivery per message.
+    #[arg(long, env = "CHAT_BATCHING", default_value = "on", value_parser = ["on", "off"])]
+    batching: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,6 +45,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let mut config = args.broker.config();
     config.management_url = args.management_url;
+    config.batching = args.batching == "on";
     if let Some(Command::Health) = args.command {
         return chat_core::exit::health(
             chat_amqp::health(&config).await.map_err(|e| e.to_string()),

@@ -1,0 +1,194 @@
+//! Request dispatch: decode a request from `<ns>.server`, run it on
+//! chat-core and answer it.
+
+use std::sync::Arc;
+
+use chat_core::{ChatError, ClientInfo, Credentials, ErrorCode, SendCommand};
+use chat_proto::v1 as pb;
+use futures::{StreamExt, TryStreamExt};
+use lapin::message::Delivery;
+use tokio::task::JoinSet;
+
+use super::LIST_CONCURRENCY;
+use super::generation::{Generation, Request};
+use crate::error::{AmqpError, error_reply, error_reply_with};
+use crate::{request, topology};
+
+pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSet<()>) {
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+    let body = request::decode(kind, &delivery.data);
+    let request = Request {
+        reply_to: delivery.properties.reply_to().clone(),
+        correlation_id: delivery.properties.correlation_id().clone(),
+        delivery,
+    };
+    let g = generation.clone();
+    if let Some(reply_to) = &request.reply_to
+        && !topology::is_reply_queue(reply_to.as_str())
+    {
+        // Answering would publish into that queue through the default
+        // exchange: into someone's inbox, say. Not carried out either (its
+        // sender could not learn the outcome); dead-lettered for inspection.
+        tracing::warn!(
+            reply_to = reply_to.as_str(),
+            "rejecting a request whose reply_to is not a server-named reply queue (amq.gen-*, amq.rabbitmq.reply-to)"
+        );
+        tasks.spawn(async move { request.dead_letter(&g).await });
+        return;
+    }
+    match body {
+        Err(why) => {
+            tracing::warn!(
+                bytes = request.delivery.data.len(),
+                reply_to = ?request.reply_to,
+                "rejecting a request: {why}"
+            );
+            tasks.spawn(async move {
+                g.server.metrics().refused(why.code());
+                let reply = error_reply(&why);
+                g.reply(&request, reply).await;
+                request.dead_letter(&g).await;
+            });
+        }
+        Ok((pb::request::Body::Send(send), creds)) => {
+            // Accepted here, in delivery order: the recipient's seq is
+            // assigned before this returns, so messages from one sender
+            // keep the order in which they were queued.
+            let admitted = g.server.authenticate(&creds).and_then(|principal| {
+                let cmd = SendCommand::parse(send, &g.server.limits())?;
+                g.server.accept(&principal, cmd)
+            });
+            tasks.spawn(async move {
+                let result = match admitted {
+                    Ok(admitted) => admitted.durable().await,
+                    Err(e) => Err(e),
+                };
+                finish_send(&g, request, result).await;
+            });
+        }
+        Ok((other, creds)) => {
+            tasks.spawn(async move {
+                let result = match other {
+                    pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
+                    pb::request::Body::ListClients(_) => list(&g).await,
+                    pb::request::Body::History(h) => history(&g, &creds, h).await,
+                    pb::request::Body::Send(_) => unreachable!("handled above"),
+                };
+                match result {
+                    Ok(body) => {
+                        g.reply(&request, pb::Reply { body: Some(body) }).await;
+                        request.ack(&g).await;
+                    }
+                    Err(AmqpError::Chat(ChatError::ShuttingDown)) => {}
+                    Err(AmqpError::Chat(e)) => {
+                        g.server.metrics().refused(e.code());
+                        g.reply(&request, error_reply(&e)).await;
+                        request.ack(&g).await;
+                    }
+                    Err(e @ (AmqpError::Management(_) | AmqpError::ManagementUnreachable(_))) => {
+                        // The ID is registered; its broker user is not (yet).
+                        // The client may register again (idempotent).
+                        tracing::error!("{e}");
+                        // The details (the management URL) stay in the log.
+                        let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
+                        g.server.metrics().refused(ErrorCode::Unavailable);
+                        g.reply(&request, error_reply_with(ErrorCode::Unavailable, why)).await;
+                        request.ack(&g).await;
+                    }
+                    Err(e) => g.broken.trigger(e),
+                }
+            });
+        }
+    }
+}
+
+async fn finish_send(
+    g: &Generation,
+    request: Request,
+    result: Result<chat_core::Receipt, ChatError>,
+) {
+    match result {
+        Ok(message) => {
+            let forwarded = g.server.wait_forwarded(&message.to, message.seq);
+            let reply = pb::reply::Body::Send(pb::SendReply {
+                id: message.id.to_string(),
+                timestamp_ms: message.timestamp_ms,
+            });
+            g.reply(&request, pb::Reply { body: Some(reply) }).await;
+            // The request stays unacknowledged until the recipient's queue
+            // has the message; if this generation ends first, the broker
+            // redelivers the request and the dedupe by ID takes over.
+            if forwarded.await.is_ok() {
+                request.ack(g).await;
+            }
+        }
+        // Left unacknowledged: handled again after the restart.
+        Err(ChatError::ShuttingDown) => {}
+        Err(e) => {
+            tracing::info!(error = %e, "send refused");
+            g.server.metrics().refused(e.code());
+            g.reply(&request, error_reply(&e)).await;
+            request.ack(g).await;
+        }
+    }
+}
+
+/// Registers (claims) or resumes an ID. The secret is checked first, so
+/// that nobody else learns anything about the ID or touches its queue.
+async fn register(
+    g: &Generation,
+    creds: &Credentials,
+    raw_id: &str,
+) -> Result<pb::reply::Body, AmqpError> {
+    let (principal, created) = g.server.register(creds, raw_id).await?;
+    let id = principal.id().clone();
+    let queue = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
+    g.declared().insert(id.clone());
+    if queue.consumer_count() > 0 {
+        return Err(ChatError::AlreadyOnline(id).into());
+    }
+    if let Some(users) = &g.users {
+        // The secret was verified above: it becomes the broker password.
+        users.grant(&id, &creds.secret).await?;
+    }
+    tracing::info!(client = %id, created, "client registered");
+    Ok(pb::reply::Body::Register(pb::RegisterReply {
+        client_id: id.to_string(),
+        created,
+    }))
+}
+
+/// Registered clients; online = someone consumes the client's queue.
+async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
+    let clients: Vec<ClientInfo> = futures::stream::iter(g.server.list())
+        .map(|c| async move {
+            let q = topology::declare_client_queue(&g.admin, &g.names, &c.id).await?;
+            Ok::<_, AmqpError>(ClientInfo {
+                id: c.id,
+                online: q.consumer_count() > 0,
+            })
+        })
+        .buffered(LIST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    // Presence lives in the broker: this is the server's freshest count.
+    let online = clients.iter().filter(|c| c.online).count();
+    g.server.metrics().set_online(online);
+    Ok(pb::reply::Body::ListClients(pb::ListClientsReply {
+        clients: clients.iter().map(ClientInfo::to_proto).collect(),
+    }))
+}
+
+/// One page of the asker's history (see `HistoryRequest` in chat.proto).
+async fn history(
+    g: &Generation,
+    creds: &Credentials,
+    req: pb::HistoryRequest,
+) -> Result<pb::reply::Body, AmqpError> {
+    let principal = g.server.authenticate(creds)?;
+    let page = g
+        .server
+        .history_page(&principal, &req.client_id, req.after, req.limit)
+        .await?;
+    Ok(pb::reply::Body::History(page))
+}

@@ -1,0 +1,204 @@
+//! Adaptive batching of deliveries (`--batching`, docs/amqp.md): messages
+//! that wait for one recipient together go into its queue as
+//! `ChatMessageBatch` deliveries; with batching off, one `ChatMessage` each.
+//! And the client shows every message of a batch, in order, and
+//! acknowledges the delivery.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_amqp::topology::{TYPE_MESSAGE, TYPE_MESSAGE_BATCH};
+use chat_amqp::{AmqpConfig, MAX_DELIVERY_BATCH};
+use chat_core::{ChatClient, ChatServer, Credentials, SendCommand, ServerConfig};
+use chat_proto::v1 as pb;
+use common::*;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use prost::Message as _;
+
+fn creds(id: &str) -> Credentials {
+    Credentials::new(id, chat_testkit::secret_of(id).expose())
+}
+
+/// A data directory where alice sent bob `n` messages that no transport
+/// has forwarded yet: they all wait when a server starts on it.
+async fn backlog(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = ChatServer::open(ServerConfig::new(dir.path())).unwrap();
+    for name in ["alice", "bob"] {
+        chat.register(&creds(name), name).await.unwrap();
+    }
+    let alice = chat.authenticate(&creds("alice")).unwrap();
+    for i in 0..n {
+        let cmd = SendCommand {
+            id: chat_core::MessageId::generate(),
+            from: id("alice"),
+            to: id("bob"),
+            text: format!("m{i}"),
+        };
+        chat.send(&alice, cmd).await.unwrap();
+    }
+    dir
+}
+
+async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Every delivery in `queue` once `messages` chat messages are there:
+/// its `type` and the seqs it holds. The server declares the queue; until
+/// it has, `basic.get` closes the channel (404) and a new one is opened.
+async fn drain(conn: &Connection, queue: &str, messages: usize) -> Vec<(String, Vec<u64>)> {
+    let mut out: Vec<(String, Vec<u64>)> = Vec::new();
+    let mut ch = conn.create_channel().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while out.iter().map(|(_, s)| s.len()).sum::<usize>() < messages {
+            let got = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await;
+            let d = match got {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ch = conn.create_channel().await.unwrap();
+                    continue;
+                }
+            };
+            let kind = d.properties.kind().as_ref().unwrap().to_string();
+            let seqs = if kind == TYPE_MESSAGE_BATCH {
+                let batch = pb::ChatMessageBatch::decode(d.data.as_slice()).unwrap();
+                batch.messages.iter().map(|m| m.seq).collect()
+            } else {
+                vec![pb::ChatMessage::decode(d.data.as_slice()).unwrap().seq]
+            };
+            out.push((kind, seqs));
+        }
+    })
+    .await
+    .expect("every message reached the queue");
+    out
+}
+
+/// Starts a server on `dir` and returns what reaches bob's queue.
+async fn forwarded(
+    config: AmqpConfig,
+    dir: &tempfile::TempDir,
+    n: usize,
+) -> Vec<(String, Vec<u64>)> {
+    let config_ns = config.namespace.clone();
+    let chat = ChatServer::open(ServerConfig::new(dir.path())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(chat_amqp::run(config, chat, async {
+        let _ = stopped.await;
+    }));
+    let (conn, _) = channel().await;
+    let queue = format!("{}.client.bob", config_ns);
+    let got = drain(&conn, &queue, n).await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_out_in_batches_and_off_means_one_per_message() {
+    let n = MAX_DELIVERY_BATCH + 36;
+    let want: Vec<u64> = (1..=n as u64).collect();
+
+    let ns = Namespace::new();
+    ns.track("alice");
+    ns.track("bob");
+    let dir = backlog(n).await;
+    let got = forwarded(ns.config(), &dir, n).await;
+    let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, [TYPE_MESSAGE_BATCH, TYPE_MESSAGE_BATCH], "{got:?}");
+    assert_eq!(got[0].1.len(), MAX_DELIVERY_BATCH);
+    let seqs: Vec<u64> = got.iter().flat_map(|(_, s)| s.clone()).collect();
+    assert_eq!(seqs, want, "every message once, in seq order");
+
+    let ns = Namespace::new();
+    ns.track("alice");
+    ns.track("bob");
+    let dir = backlog(n).await;
+    let mut config = ns.config();
+    config.batching = false;
+    let got = forwarded(config, &dir, n).await;
+    assert!(
+        got.iter().all(|(k, s)| k == TYPE_MESSAGE && s.len() == 1),
+        "{got:?}"
+    );
+    let seqs: Vec<u64> = got.iter().flat_map(|(_, s)| s.clone()).collect();
+    assert_eq!(seqs, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_shows_each_message_of_a_batch_in_order_and_acks_it() {
+    let ns = Namespace::new();
+    let server = InProcessServer::start(ns.config()).await;
+    let bob = ns.registered("bob").await;
+    let (conn, ch) = channel().await;
+    // A batch of three, then a lone message, as the server publishes them.
+    let message = |seq: u64| pb::ChatMessage {
+        id: chat_core::MessageId::generate().to_string(),
+        from: "alice".into(),
+        to: "bob".into(),
+        text: format!("t{seq}"),
+        timestamp_ms: 1,
+        seq,
+    };
+    let queue = ns.queue("client.bob");
+    let publish = |kind: &'static str, body: Vec<u8>| {
+        let ch = ch.clone();
+        let queue = queue.clone();
+        async move {
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_type(kind.into()),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let batch = pb::ChatMessageBatch {
+        messages: (1..=3).map(message).collect(),
+    };
+    publish(TYPE_MESSAGE_BATCH, batch.encode_to_vec()).await;
+    publish(TYPE_MESSAGE, message(4).encode_to_vec()).await;
+
+    let mut incoming = bob.join().await.unwrap();
+    let got = recv_n(&mut incoming, 4).await;
+    let shown: Vec<(u64, &str)> = got.iter().map(|m| (m.seq, m.text.as_str())).collect();
+    assert_eq!(shown, [(1, "t1"), (2, "t2"), (3, "t3"), (4, "t4")]);
+    incoming.close().await;
+    drop(bob);
+
+    // Both deliveries were acknowledged: nothing is left in the queue.
+    let left = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(left, 0);
+    let _ = conn.close(200, "done".into()).await;
+    server.stop().await;
+}
