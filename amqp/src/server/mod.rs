@@ -43,7 +43,7 @@
 //! server cannot see that happen, so a *recount* task reads queue depths
 //! back (`queue.declare` answers with the number of ready messages): every
 //! client's once per connection, then once a second those of the recipients
-//! whose count is within half of the limit ([`RECOUNT_EVERY`]). A send is
+//! whose count is within half of the limit (`RECOUNT_EVERY` in `recount`). A send is
 //! checked against the count in chat-core, with no broker round trip.
 //!
 //! Any broker error ends the connection's *generation*: everything is torn
