@@ -788,11 +788,7 @@ pub async fn cli_keeps_its_secret_and_never_shows_a_message_twice<S: Stack>() {
 /// did (the same names and meanings on both stacks).
 pub async fn metrics_count_what_the_server_did<S: Stack>() {
     let env = Env::<S>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
-    let addr = env
-        .server
-        .as_ref()
-        .and_then(|s| s.metrics_addr())
-        .expect("the server logs where its metrics are");
+    let addr = env.server.as_ref().unwrap().metrics_addr().await;
     let scrape = || async move { chat_core::metrics::scrape(addr).await.expect("scrape") };
     let start = scrape().await;
     assert_eq!(start.value("chat_clients_registered"), Some(0.0));
