@@ -92,17 +92,8 @@ impl ServerProcess {
         extra_env: &[(String, String)],
     ) -> Self {
         wait_gone(stack).await;
-        let mut cmd = Command::new(stack.server_bin());
-        cmd.args(stack.server_args())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .envs(stack.server_env())
-            .envs(extra_env.iter().cloned())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = server_command(stack, data_dir);
+        cmd.envs(extra_env.iter().cloned()).stdout(Stdio::null());
         let mut child = cmd.spawn().expect("server binary starts");
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
@@ -195,6 +186,21 @@ impl ServerProcess {
             .unwrap_or_else(|_| panic!("server ignored SIGTERM:\n{}", self.stderr()))
             .expect("wait")
     }
+}
+
+/// The stack's server binary with its arguments and environment, over
+/// `data_dir`; stderr piped, killed on drop.
+pub fn server_command<S: Stack>(stack: &S, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(stack.server_bin());
+    cmd.args(stack.server_args())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(stack.server_env())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// Waits until nothing answers the stack's probe, so that the next
