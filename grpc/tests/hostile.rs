@@ -4,7 +4,6 @@
 //! invalid, stay bounded, and keep serving everyone else. (Hostile texts
 //! are a shared scenario: `hostile_texts_are_refused_or_kept_exactly`.)
 
-
 use chat_core::{ChatClient, ClientId, ErrorCode};
 use chat_grpc::{GrpcClient, GrpcConfig};
 use chat_proto::v1 as pb;
