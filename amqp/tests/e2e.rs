@@ -55,8 +55,10 @@ impl<const PER_CLIENT: bool> Stack for AmqpStack<PER_CLIENT> {
         args
     }
 
-    fn server_ready(&self, line: &str) -> bool {
-        line.contains("serving requests")
+    /// `amqp-server health`'s check: some server consumes `<ns>.server`.
+    async fn probe(&self) -> Result<(), String> {
+        let health = chat_amqp::health(&self.ns.config()).await;
+        health.map(drop).map_err(|e| e.to_string())
     }
 
     fn client_bin(&self) -> PathBuf {

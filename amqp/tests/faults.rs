@@ -1,6 +1,9 @@
-//! Faults: poison messages on the server's queue, `kill -9` of the real
-//! server binary, connections cut under both server and clients, and a
-//! server that starts before its broker is reachable.
+//! Faults of the AMQP stack: poison messages on the server's queue, `kill
+//! -9` of the real server binary while requests wait in the broker,
+//! connections cut under both server and clients, a server that starts
+//! before its broker is reachable, requests that wait in the broker for a
+//! server, and an unreachable broker. (Chat behaviour is in the shared
+//! scenarios, run by `e2e.rs`.)
 
 mod common;
 mod raw;
@@ -616,4 +619,52 @@ async fn a_reconnecting_server_waits_for_the_namespace_to_be_free() {
     alice.send(&id("bob"), "back").await.unwrap();
     assert_eq!(recv_n(&mut b_in, 1).await[0].text, "back");
     first.stop().await;
+}
+
+/// A client that cannot reach the broker says so, naming where it tried
+/// without the password of the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_is_reported_as_unavailable() {
+    let ns = Namespace::new();
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = ns.config_via(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    match chat_amqp::AmqpClient::connect(&config, id("alice"), chat_core::Secret::generate()).await
+    {
+        Err(chat_core::ClientError::Unavailable { endpoint, .. }) => {
+            assert!(endpoint.contains(&port.to_string()));
+            assert!(
+                !endpoint.contains("guest:guest"),
+                "password leaked: {endpoint}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// With no server running, requests wait in the broker's `<ns>.server`
+/// queue and are answered once a server starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_wait_in_the_broker_until_a_server_runs() {
+    let ns = Namespace::new();
+    let alice = ns.client("alice").await;
+    let bob = ns.client("bob").await;
+    // No server yet: the request waits in <ns>.server.
+    let a = alice.clone();
+    let pending_list = tokio::spawn(async move { a.list_clients().await });
+    let b = bob.clone();
+    let pending_join = tokio::spawn(async move { b.join().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending_list.is_finished() && !pending_join.is_finished());
+
+    let server = InProcessServer::start(ns.config()).await;
+    let mut b_in = pending_join.await.unwrap().unwrap();
+    pending_list.await.unwrap().unwrap();
+    alice.register().await.unwrap();
+    alice.send(&id("bob"), "late but there").await.unwrap();
+    assert_eq!(recv_n(&mut b_in, 1).await[0].text, "late but there");
+    server.stop().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chat_amqp::topology::{CLIENT_PREFETCH, Names};
 use chat_core::{ChatClient, ErrorCode};
 use chat_proto::v1 as pb;
-use chat_testkit::InProcess;
+use chat_testkit::{InProcess, hostile};
 use common::*;
 use raw::{RawPeer, error_of, request, send};
 
@@ -44,12 +44,8 @@ impl Server {
 
 /// Bob online and Alice sending to him: the whole service still works.
 async fn assert_still_serving(ns: &Namespace, text: &str) {
-    let bob = ns.client("bob").await;
-    let mut bob_in = bob.join().await.unwrap();
-    let alice = ns.registered("alice").await;
-    alice.send(&id("bob"), text).await.unwrap();
-    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, text);
-    bob_in.close().await;
+    let (alice, bob) = (ns.client("alice").await, ns.client("bob").await);
+    hostile::assert_still_serving(&alice, &bob, text).await;
 }
 
 /// Control characters in an ID are refused wherever an ID is taken.
@@ -59,19 +55,8 @@ async fn control_characters_in_ids_are_refused() {
     let server = Server::start(&ns, chat_core::limits::DEFAULT_MAX_PENDING).await;
     ns.registered("bob").await;
     let mut raw = RawPeer::connect(&ns).await;
-    let bad_ids = [
-        "a\nb",
-        "a\rb",
-        "nul\0",
-        "\u{7}",
-        "tab\t",
-        "esc\u{1b}[0m",
-        "del\u{7f}",
-        "c1\u{85}",
-        "rlo\u{202e}",
-    ];
     let mut expected = Vec::new();
-    for (i, bad) in bad_ids.iter().enumerate() {
+    for (i, bad) in hostile::IDS_WITH_CONTROLS.iter().enumerate() {
         let bodies = [
             pb::request::Body::Register(pb::RegisterRequest {
                 client_id: (*bad).into(),
@@ -114,11 +99,10 @@ async fn control_characters_in_ids_are_refused() {
 /// clients are still served. Their queues are deleted with the namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_registrations_on_one_connection() {
-    const N: usize = 3000;
     let ns = Namespace::new();
     let server = Server::start(&ns, chat_core::limits::DEFAULT_MAX_PENDING).await;
     let mut raw = RawPeer::connect(&ns).await;
-    let ids: Vec<String> = (0..N).map(|i| format!("user-{i:04}")).collect();
+    let ids: Vec<String> = (0..hostile::THOUSANDS).map(hostile::user_id).collect();
     for user in &ids {
         ns.track(user);
         let body = pb::request::Body::Register(pb::RegisterRequest {
@@ -137,9 +121,7 @@ async fn thousands_of_registrations_on_one_connection() {
     raw.close().await;
 
     assert_still_serving(&ns, "one among thousands").await;
-    let listed = ns.client("carol").await.list_clients().await.unwrap();
-    assert_eq!(listed.len(), N + 2);
-    assert!(listed.iter().any(|c| c.id.as_str() == "user-2999"));
+    hostile::assert_lists_the_thousands(&ns.client("carol").await).await;
     server.stop().await;
 }
 
@@ -194,26 +176,15 @@ async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
     raw.close().await;
 
     // Nobody else is stalled.
-    let carol = ns.client("carol").await;
-    let mut carol_in = carol.join().await.unwrap();
-    let dave = ns.client("dave").await;
-    let mut dave_in = dave.join().await.unwrap();
-    for i in 0..20 {
-        carol.send(&id("dave"), &format!("c{i}")).await.unwrap();
-        dave.send(&id("carol"), &format!("d{i}")).await.unwrap();
-    }
-    assert_eq!(recv_n(&mut dave_in, 20).await.len(), 20);
-    assert_eq!(recv_n(&mut carol_in, 20).await.len(), 20);
+    let (carol, dave) = (ns.client("carol").await, ns.client("dave").await);
+    let (carol_in, dave_in) = hostile::others_still_chat(&carol, &dave).await;
     // Offline before the namespace is deleted: a consumer cancelled by
     // the deletion would reconnect and declare its queue again (a leak).
     dave_in.close().await;
     carol_in.close().await;
 
-    // The slow one reads at last: everything accepted, in order, once.
-    let got = recv_n(&mut slow_in, accepted.len()).await;
-    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
-    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_quiet(&mut slow_in, Duration::from_millis(500)).await;
+    // The slow one reads at last.
+    hostile::slow_one_gets_all_once(&mut slow_in, &accepted).await;
     slow_in.close().await;
     server.stop().await;
 }

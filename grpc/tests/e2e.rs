@@ -1,11 +1,11 @@
 //! The shared end-to-end scenarios (chat-testkit) against the gRPC stack,
-//! plus what only gRPC has: raw-RPC validation, garbage on the port,
-//! health, reflection.
+//! plus what only gRPC has: raw-RPC validation and credentials, a retried
+//! raw send, health, reflection, an unreachable server's retries. (Bytes
+//! that are not HTTP/2 are in `malformed.rs`.)
 
 use chat_core::ChatClient as _;
 use chat_proto::v1 as pb;
 use chat_testkit::Env;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
@@ -233,38 +233,6 @@ async fn raw_rpcs_need_credentials_and_act_only_as_their_own_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_bytes_on_the_port_do_not_hurt_the_server() {
-    let env = Env::<Grpc>::start().await;
-    let (_bob, mut bob_in) = env.online("bob").await;
-    let addr = env.stack.addr.lock().unwrap().unwrap();
-    for garbage in [
-        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-        &[0xff; 4096][..],
-        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x09\xff\xff\xff\xff\xff"[..],
-    ] {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let _ = s.write_all(garbage).await;
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(chat_testkit::PATIENCE, s.read_to_end(&mut sink)).await;
-    }
-    let alice = env.client("alice").await;
-    alice.register().await.unwrap();
-    alice
-        .send(&"bob".parse().unwrap(), "still serving")
-        .await
-        .unwrap();
-    let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
-    assert_eq!(got[0].text, "still serving");
-    assert!(
-        env.server
-            .as_ref()
-            .unwrap()
-            .stderr()
-            .contains("listening on")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_subcommand_and_reflection() {
     let env = Env::<Grpc>::start().await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
@@ -343,59 +311,4 @@ async fn unreachable_server_gets_a_clear_error_after_retrying() {
     assert!(stderr.contains("retrying in"), "it retries first: {stderr}");
     let last = stderr.trim().lines().last().unwrap();
     assert!(last.starts_with("error: cannot reach"), "{stderr}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_server_on_the_same_data_dir_is_refused() {
-    let env = Env::<Grpc>::start().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(env.data_dir())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let dir = env.data_dir().display().to_string();
-    assert!(
-        stderr.contains(&format!("data dir {dir} is in use by another server")),
-        "{stderr}"
-    );
-    assert!(stderr.contains("server.lock"), "{stderr}");
-    // the first one still serves
-    let (_bob, mut bob_in) = env.online("bob").await;
-    let alice = env.client("alice").await;
-    alice.register().await.unwrap();
-    alice
-        .send(&"bob".parse().unwrap(), "still here")
-        .await
-        .unwrap();
-    let got = chat_testkit::env::recv_n(&mut bob_in, 1).await;
-    assert_eq!(got[0].text, "still here");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taken_metrics_port_stops_the_server_with_a_clear_error() {
-    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &addr,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot serve metrics on {addr}"))
-            && stderr.contains("--metrics-listen"),
-        "{stderr}"
-    );
 }

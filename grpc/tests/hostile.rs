@@ -4,13 +4,11 @@
 //! invalid, stay bounded, and keep serving everyone else. (Hostile texts
 //! are a shared scenario: `hostile_texts_are_refused_or_kept_exactly`.)
 
-use std::time::Duration;
-
 use chat_core::{ChatClient, ClientId, ErrorCode};
 use chat_grpc::{GrpcClient, GrpcConfig};
 use chat_proto::v1 as pb;
-use chat_testkit::InProcess;
-use chat_testkit::env::{assert_no_more, eventually, recv_n};
+use chat_testkit::env::{eventually, recv_n};
+use chat_testkit::{InProcess, hostile};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 
@@ -72,13 +70,8 @@ fn as_client<T>(id: &str, message: T) -> tonic::Request<T> {
 
 /// Bob online and Alice sending to him: the whole service still works.
 async fn assert_still_serving(server: &Server, text: &str) {
-    let bob = server.client("bob").await;
-    let mut bob_in = bob.join().await.unwrap();
-    let alice = server.client("alice").await;
-    alice.register().await.unwrap();
-    alice.send(&id("bob"), text).await.unwrap();
-    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, text);
-    bob_in.close().await;
+    let (alice, bob) = (server.client("alice").await, server.client("bob").await);
+    hostile::assert_still_serving(&alice, &bob, text).await;
 }
 
 /// Control characters in an ID are refused wherever an ID is taken.
@@ -94,17 +87,7 @@ async fn control_characters_in_ids_are_refused() {
     ))
     .await
     .unwrap();
-    for bad in [
-        "a\nb",
-        "a\rb",
-        "nul\0",
-        "\u{7}",
-        "tab\t",
-        "esc\u{1b}[0m",
-        "del\u{7f}",
-        "c1\u{85}",
-        "rlo\u{202e}",
-    ] {
+    for bad in hostile::IDS_WITH_CONTROLS {
         let check = |s: tonic::Status| {
             assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}: {s:?}");
             assert!(s.message().contains("invalid client ID"), "{s:?}");
@@ -165,14 +148,13 @@ async fn control_characters_in_ids_are_refused() {
 /// `list` shows them all, and normal clients are still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_registrations_on_one_connection() {
-    const N: usize = 3000;
     let server = Server::start(chat_core::limits::DEFAULT_MAX_PENDING).await;
     let rpc = server.raw().await;
-    let created: Vec<bool> = futures::stream::iter(0..N)
+    let created: Vec<bool> = futures::stream::iter(0..hostile::THOUSANDS)
         .map(|i| {
             let mut rpc = rpc.clone();
             async move {
-                let user = format!("user-{i:04}");
+                let user = hostile::user_id(i);
                 rpc.register(as_client(
                     &user,
                     pb::RegisterRequest {
@@ -188,13 +170,11 @@ async fn thousands_of_registrations_on_one_connection() {
         .buffer_unordered(64)
         .collect()
         .await;
-    assert_eq!(created.len(), N);
+    assert_eq!(created.len(), hostile::THOUSANDS);
     assert!(created.iter().all(|&c| c), "every ID was new");
 
     assert_still_serving(&server, "one among thousands").await;
-    let listed = server.client("alice").await.list_clients().await.unwrap();
-    assert_eq!(listed.len(), N + 2);
-    assert!(listed.iter().any(|c| c.id.as_str() == "user-2999"));
+    hostile::assert_lists_the_thousands(&server.client("alice").await).await;
     server.stop().await;
 }
 
@@ -233,17 +213,9 @@ async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
     assert_eq!(refused, N - MAX_PENDING);
     assert_eq!(server.held_for("slow"), MAX_PENDING);
 
-    // Nobody else is stalled: two other pairs chat while slow's mailbox is full.
-    let carol = server.client("carol").await;
-    let mut carol_in = carol.join().await.unwrap();
-    let dave = server.client("dave").await;
-    let mut dave_in = dave.join().await.unwrap();
-    for i in 0..20 {
-        carol.send(&id("dave"), &format!("c{i}")).await.unwrap();
-        dave.send(&id("carol"), &format!("d{i}")).await.unwrap();
-    }
-    assert_eq!(recv_n(&mut dave_in, 20).await.len(), 20);
-    assert_eq!(recv_n(&mut carol_in, 20).await.len(), 20);
+    // Nobody else is stalled: two others chat while slow's mailbox is full.
+    let (carol, dave) = (server.client("carol").await, server.client("dave").await);
+    let (_carol_in, mut dave_in) = hostile::others_still_chat(&carol, &dave).await;
     alice
         .send(&id("dave"), "alice is not stalled")
         .await
@@ -253,11 +225,8 @@ async fn a_slow_consumer_is_bounded_and_stalls_nobody() {
         "alice is not stalled"
     );
 
-    // The slow one reads at last: everything accepted, in order, once.
-    let got = recv_n(&mut slow_in, MAX_PENDING).await;
-    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
-    assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
-    assert_no_more(&mut slow_in, Duration::from_millis(500)).await;
+    let got = hostile::slow_one_gets_all_once(&mut slow_in, &accepted).await;
+    assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq), "no gaps");
     eventually("slow's acks free its mailbox", || async {
         server.held_for("slow") == 0
     })

@@ -4,10 +4,8 @@
 
 mod common;
 
-use chat_core::ChatClient as _;
 use chat_proto::v1 as pb;
 use chat_testkit::Env;
-use chat_testkit::env::recv_n;
 use common::{Grpc, raw_streaming, raw_unary};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,12 +33,8 @@ async fn throw(env: &Env<Grpc>, bytes: &[u8]) -> Vec<u8> {
 
 /// A normal client still gets the whole service.
 async fn assert_still_serving(env: &Env<Grpc>, text: &str) {
-    let (_bob, mut bob_in) = env.online("bob").await;
-    let alice = env.client("alice").await;
-    alice.register().await.unwrap();
-    alice.send(&"bob".parse().unwrap(), text).await.unwrap();
-    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, text);
-    bob_in.close().await;
+    let (alice, bob) = (env.client("alice").await, env.client("bob").await);
+    chat_testkit::hostile::assert_still_serving(&alice, &bob, text).await;
     let stderr = env.server.as_ref().unwrap().stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -57,12 +51,17 @@ async fn bytes_that_are_not_http2_are_dropped_and_the_server_carries_on() {
         x ^= x << 5;
         random.push(x as u8);
     }
+    // A CONTINUATION frame with every flag set, on stream 2^31 - 1, with
+    // nothing before it to continue.
+    let broken_frame = [PREFACE, b"\x00\x00\x04\x09\xff\xff\xff\xff\xff"].concat();
     let http1 = b"POST /chat.v1.Chat/Register HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc\r\nContent-Length: 3\r\n\r\n\x0a\x01a";
     for (what, bytes) in [
         ("random bytes", &random[..]),
         ("an HTTP/1.1 request", &http1[..]),
         ("a truncated preface", &PREFACE[..10]),
         ("the preface alone", PREFACE),
+        ("the preface and a broken frame", &broken_frame[..]),
+        ("an HTTP/1.1 GET", &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
         ("nothing at all", &[][..]),
     ] {
         let answer = throw(&env, bytes).await;

@@ -32,8 +32,14 @@ pub trait Stack: Sized + Send + Sync + 'static {
     fn server_env(&self) -> Vec<(String, String)> {
         Vec::new()
     }
-    /// Sees each stderr line of a starting server; true once it is ready.
-    fn server_ready(&self, line: &str) -> bool;
+    /// Sees each stderr line of a starting server, for what the stack must
+    /// learn from the log (gRPC: the port a server told to listen on port 0
+    /// bound). Readiness is never decided here: see [`Self::probe`].
+    fn server_log(&self, _line: &str) {}
+    /// Asks the server's health probe once: `Ok` when it answers that the
+    /// chat is serving (gRPC's SERVING, `amqp-server health`'s ok), `Err`
+    /// with the reason otherwise (nothing there yet, not serving).
+    fn probe(&self) -> impl std::future::Future<Output = Result<(), String>> + Send;
 
     /// Path of the client binary.
     fn client_bin(&self) -> PathBuf;
@@ -64,6 +70,9 @@ pub trait Stack: Sized + Send + Sync + 'static {
     fn liveness_env(liveness: Duration) -> Vec<(String, String)>;
 }
 
+/// How often a starting server's health probe is asked.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A running server binary. Killed on drop.
 pub struct ServerProcess {
     child: Child,
@@ -82,17 +91,9 @@ impl ServerProcess {
         data_dir: &Path,
         extra_env: &[(String, String)],
     ) -> Self {
-        let mut cmd = Command::new(stack.server_bin());
-        cmd.args(stack.server_args())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .envs(stack.server_env())
-            .envs(extra_env.iter().cloned())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        wait_gone(stack).await;
+        let mut cmd = server_command(stack, data_dir);
+        cmd.envs(extra_env.iter().cloned()).stdout(Stdio::null());
         let mut child = cmd.spawn().expect("server binary starts");
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
@@ -103,32 +104,57 @@ impl ServerProcess {
             }
         });
         let mut server = Self { child, stderr };
+        server.wait_ready(stack).await;
+        server
+    }
+
+    /// Waits until the stack's health probe says the server is serving,
+    /// passing each new log line to the stack on the way.
+    async fn wait_ready<S: Stack>(&mut self, stack: &S) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        let mut checked = 0;
+        let mut seen = 0;
         loop {
-            let new: Vec<String> = server.stderr.lock().unwrap()[checked..].to_vec();
-            checked += new.len();
-            if new.iter().any(|l| stack.server_ready(l)) {
-                return server;
+            let new: Vec<String> = self.stderr.lock().unwrap()[seen..].to_vec();
+            seen += new.len();
+            new.iter().for_each(|l| stack.server_log(l));
+            let answer = stack.probe().await;
+            if answer.is_ok() {
+                return;
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "server exited with {status} before it was ready:\n{}",
-                    server.stderr()
+                    self.stderr()
                 );
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "server not ready within {PATIENCE:?}:\n{}",
-                server.stderr()
+                "server not ready within {PATIENCE:?} ({answer:?}):\n{}",
+                self.stderr()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
 
-    /// Where the server serves its metrics (from its `metrics on
-    /// http://ADDR/metrics` log line), if it was started with them.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+    /// Where the server serves its metrics, from its `metrics on
+    /// http://ADDR/metrics` log line (waited for: the probe may answer
+    /// before that line has been read from the pipe).
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(addr) = self.logged_metrics_addr() {
+                return addr;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never said where its metrics are:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    fn logged_metrics_addr(&self) -> Option<SocketAddr> {
         let log = self.stderr.lock().unwrap();
         log.iter().find_map(|l| {
             let rest = l.split("metrics on http://").nth(1)?;
@@ -159,6 +185,35 @@ impl ServerProcess {
             .await
             .unwrap_or_else(|_| panic!("server ignored SIGTERM:\n{}", self.stderr()))
             .expect("wait")
+    }
+}
+
+/// The stack's server binary with its arguments and environment, over
+/// `data_dir`; stderr piped, killed on drop.
+pub fn server_command<S: Stack>(stack: &S, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(stack.server_bin());
+    cmd.args(stack.server_args())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(stack.server_env())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Waits until nothing answers the stack's probe, so that the next
+/// "serving" is the new server's: after a `kill -9` the broker may count
+/// the dead server's consumer for a moment.
+async fn wait_gone<S: Stack>(stack: &S) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stack.probe().await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an earlier server still answers the health probe after {PATIENCE:?}"
+        );
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 

@@ -9,6 +9,7 @@
 //! features on both stacks" is proven by the same test code.
 
 pub mod env;
+pub mod hostile;
 pub mod in_process;
 pub mod proxy;
 pub mod scenarios;
@@ -46,6 +47,8 @@ macro_rules! chat_scenarios {
             metrics_count_what_the_server_did,
             a_frozen_client_loses_its_id_and_nothing_is_lost,
             max_pending_holds_for_an_offline_recipient,
+            a_second_server_on_the_same_data_dir_is_refused,
+            a_taken_metrics_port_stops_the_server_with_a_clear_error,
         );
     };
     (@each $stack:ty; $($name:ident),* $(,)?) => {

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use tokio::io::AsyncWriteExt;
 
 use crate::PATIENCE;
-use crate::env::{Env, Stack, assert_no_more, eventually, recv_n};
+use crate::env::{Env, Stack, assert_no_more, eventually, recv_n, server_command};
 
 /// How long to keep listening for duplicates after the expected messages.
 const QUIET: Duration = Duration::from_secs(2);
@@ -88,6 +88,8 @@ pub async fn duplicate_online_id_is_refused<S: Stack>() {
         .expect_err("a second alice must be refused");
     assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err}");
     assert!(err.to_string().contains("online already"), "{err}");
+    // The refused client can still do one-shot work.
+    second.list_clients().await.expect("list while refused");
 
     // Once the first leaves, the ID can be resumed.
     first_in.close().await;
@@ -125,10 +127,9 @@ pub async fn two_clients_both_directions_many_in_flight<S: Stack>() {
         assert_eq!(sent.len(), N, "message IDs are unique");
         assert_eq!(got_ids, sent, "each accepted message arrives exactly once");
         assert!(got.iter().all(|m| m.from.as_str() == from));
-        assert!(
-            got.windows(2).all(|w| w[0].seq < w[1].seq),
-            "per-recipient order by seq"
-        );
+        let seqs: Vec<_> = got.iter().map(|m| m.seq).collect();
+        let expected: Vec<u64> = (1..=N as u64).collect();
+        assert_eq!(seqs, expected, "per-recipient seqs, in order, no gaps");
     }
     assert_no_more(&mut bob_in, QUIET).await;
     assert_no_more(&mut alice_in, QUIET).await;
@@ -157,11 +158,14 @@ pub async fn offline_messages_wait_for_the_recipient<S: Stack>() {
 pub async fn history_is_own_messages_oldest_first<S: Stack>() {
     let env = Env::<S>::start().await;
     let (alice, _a) = env.online("alice").await;
-    let (bob, _b) = env.online("bob").await;
+    let (bob, mut bob_in) = env.online("bob").await;
     for text in ["h1", "h2", "h3"] {
         alice.send(&id("bob"), text).await.unwrap();
     }
     bob.send(&id("alice"), "b1").await.unwrap();
+    let got: Vec<_> = recv_n(&mut bob_in, 3).await;
+    let texts: Vec<_> = got.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["h1", "h2", "h3"], "one sender's sends in order");
 
     let history = alice.history().await.unwrap();
     let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
@@ -459,6 +463,12 @@ pub async fn cli_piped_stdin_and_listen<S: Stack>() {
         .filter(|e| e["event"] == "message")
         .map(|e| (e["from"].as_str().unwrap(), e["text"].as_str().unwrap()))
         .collect();
+    let seqs: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [Some(1), Some(2)], "{events:?}");
     assert_eq!(
         texts,
         [
@@ -490,7 +500,7 @@ pub async fn cli_one_shot_commands_and_json<S: Stack>() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent to bob"));
 
     let out = env
-        .run_cli("alice", &["--json", "send", "bob", "second"])
+        .run_cli("alice", &["--json", "send", "bob", "second\nline"])
         .await;
     assert!(out.status.success());
     let accepted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -518,7 +528,7 @@ pub async fn cli_one_shot_commands_and_json<S: Stack>() {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(texts, ["hi there", "second"]);
+    assert_eq!(texts, ["hi there", "second\nline"], "kept exactly");
 
     let out = env.run_cli("alice", &["history"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -788,11 +798,7 @@ pub async fn cli_keeps_its_secret_and_never_shows_a_message_twice<S: Stack>() {
 /// did (the same names and meanings on both stacks).
 pub async fn metrics_count_what_the_server_did<S: Stack>() {
     let env = Env::<S>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
-    let addr = env
-        .server
-        .as_ref()
-        .and_then(|s| s.metrics_addr())
-        .expect("the server logs where its metrics are");
+    let addr = env.server.as_ref().unwrap().metrics_addr().await;
     let scrape = || async move { chat_core::metrics::scrape(addr).await.expect("scrape") };
     let start = scrape().await;
     assert_eq!(start.value("chat_clients_registered"), Some(0.0));
@@ -965,4 +971,50 @@ pub async fn max_pending_holds_for_an_offline_recipient<S: Stack>() {
         "a refused send is not logged"
     );
     bob_in.close().await;
+}
+
+/// Runs the server binary to its exit (within [`PATIENCE`]).
+async fn server_exit(mut cmd: tokio::process::Command) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("the server exits in time")
+        .expect("server output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
+/// A second server on a data directory in use exits at once, saying which
+/// directory and why; the first one goes on serving.
+pub async fn a_second_server_on_the_same_data_dir_is_refused<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let (code, stderr) = server_exit(server_command(&env.stack, env.data_dir())).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let dir = env.data_dir().display().to_string();
+    assert!(
+        stderr.contains(&format!("data dir {dir} is in use by another server")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("server.lock"), "{stderr}");
+    let (_bob, mut bob_in) = env.online("bob").await;
+    let alice = registered(&env, "alice").await;
+    alice.send(&id("bob"), "still here").await.unwrap();
+    assert_eq!(recv_n(&mut bob_in, 1).await[0].text, "still here");
+}
+
+/// A metrics address that is taken stops the server at start, naming the
+/// address and the flag.
+pub async fn a_taken_metrics_port_stops_the_server_with_a_clear_error<S: Stack>() {
+    let stack = S::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = server_command(&stack, dir.path());
+    cmd.env("CHAT_METRICS_LISTEN", &addr);
+    let (code, stderr) = server_exit(cmd).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {addr}"))
+            && stderr.contains("--metrics-listen"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,9 +52,6 @@ pub struct Namespace {
     pub name: String,
     pub url: String,
     clients: Mutex<Vec<String>>,
-    /// `XDG_STATE_HOME` for client binaries (their state files), so tests
-    /// never write into the user's own state directory.
-    pub state_dir: tempfile::TempDir,
     /// Per-client broker users: their users are deleted on drop too.
     pub per_client: bool,
 }
@@ -66,7 +63,6 @@ impl Namespace {
             name: format!("test-{}", &tail[..12]),
             url: amqp_url(),
             clients: Mutex::new(Vec::new()),
-            state_dir: tempfile::tempdir().expect("temp dir"),
             per_client: false,
         }
     }
@@ -215,10 +211,6 @@ impl ServerProcess {
     pub async fn kill9(mut self) {
         self.child.kill().await.unwrap();
     }
-}
-
-pub fn client_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_amqp-client"))
 }
 
 /// Receives `n` messages (acknowledging each), skipping state events.

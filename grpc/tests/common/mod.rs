@@ -18,7 +18,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Status, Streaming};
 
 /// The gRPC stack: a `grpc-server` on 127.0.0.1:0 whose port is read from
-/// its "listening on" log line and kept for restarts.
+/// its "listening on" log line and kept for restarts; it is ready when its
+/// health service answers SERVING.
 pub struct Grpc {
     pub addr: Mutex<Option<SocketAddr>>,
 }
@@ -32,6 +33,9 @@ impl Grpc {
         format!("http://{}", self.addr())
     }
 }
+
+/// How long one readiness probe may wait for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Stack for Grpc {
     type Client = GrpcClient;
@@ -55,13 +59,21 @@ impl Stack for Grpc {
         vec!["--listen".into(), listen]
     }
 
-    fn server_ready(&self, line: &str) -> bool {
-        let Some(addr) = line.split("listening on ").nth(1) else {
-            return false;
+    /// The port comes from the log line: the server binds port 0 itself,
+    /// so no other process can take the port between choosing and binding.
+    fn server_log(&self, line: &str) {
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            let addr: SocketAddr = addr.trim().parse().expect("listen address");
+            *self.addr.lock().unwrap() = Some(addr);
+        }
+    }
+
+    /// The standard gRPC health check (what `grpc-server health` asks).
+    async fn probe(&self) -> Result<(), String> {
+        let Some(addr) = *self.addr.lock().unwrap() else {
+            return Err("the server has not said where it listens yet".into());
         };
-        let addr: SocketAddr = addr.trim().parse().expect("listen address");
-        *self.addr.lock().unwrap() = Some(addr);
-        true
+        chat_grpc::health::check(&format!("http://{addr}"), PROBE_TIMEOUT).await
     }
 
     fn client_bin(&self) -> PathBuf {
