@@ -43,7 +43,7 @@ pub const LOG_FILE: &str = "log.txt";
 pub const STATE_FILE: &str = "state.journal";
 
 /// How hard an append is pushed towards the disk before a request is answered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
     /// Written to the OS (survives a crash of the server process).
     #[default]

@@ -3,15 +3,15 @@
 //! The gRPC and AMQP crates are adapters: they translate between their wire
 //! and the types here. Domain rules (IDs, limits, who is registered, what was
 //! sent, what is pending for whom), the durable record (`log.txt` and the
-//! state journal), the [`ChatClient`] trait and the command-line front-end
-//! all live in this crate, so both stacks behave the same by construction.
+//! state journal) and the [`ChatClient`] trait all live in this crate, so
+//! both stacks behave the same by construction. The command line, flags and
+//! process helpers are the application layer's (`chat-cli`): nothing here
+//! parses flags, talks to a terminal or writes to stdout.
 
 pub mod backoff;
-pub mod cli;
 pub mod client;
 pub mod data_lock;
 pub mod error;
-pub mod exit;
 pub mod id;
 pub mod identity;
 pub mod journal;
@@ -21,9 +21,6 @@ pub mod message;
 pub mod metrics;
 mod outbox;
 pub mod server;
-pub mod signal;
-pub mod state_file;
-pub mod telemetry;
 
 pub use client::{
     Accepted, AckStream, AckToken, ChatClient, ClientError, ConnectionState, Delivery, Incoming,
@@ -34,4 +31,4 @@ pub use id::{ClientId, MessageId};
 pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message, Receipt, SendCommand};
-pub use server::{Admitted, ChatServer, Outgoing, ServerArgs, ServerConfig, Session};
+pub use server::{Admitted, ChatServer, Outgoing, ServerConfig, Session};

@@ -32,7 +32,6 @@
 //! require; each of those refuses a request that names another ID.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -1091,57 +1090,6 @@ impl Drop for Session {
             c.session = None;
             self.server.inner.metrics.went_offline();
             tracing::info!(client = %self.id, "client offline");
-        }
-    }
-}
-
-/// The server flags both transports share (`--data-dir`, limits, durability).
-#[derive(Clone, Debug, clap::Args)]
-pub struct ServerArgs {
-    /// Directory for log.txt and the state journal (created if missing).
-    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Largest accepted message text, in bytes.
-    #[arg(long, env = "CHAT_MAX_TEXT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_TEXT_BYTES)]
-    pub max_text_bytes: usize,
-    /// Most undelivered messages kept for one recipient.
-    #[arg(long, env = "CHAT_MAX_PENDING", default_value_t = crate::limits::DEFAULT_MAX_PENDING)]
-    pub max_pending: usize,
-    /// Largest reply (one page of a client's history), in encoded bytes;
-    /// histories are sent in pages that fit. Keep it under the clients'
-    /// decoding limit (4 MiB for gRPC) and the broker's max_message_size.
-    #[arg(long, env = "CHAT_MAX_REPLY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_REPLY_BYTES)]
-    pub max_reply_bytes: usize,
-    /// How many recently accepted message IDs are remembered to recognise
-    /// a retried send (about 28 bytes of memory each).
-    #[arg(long, env = "CHAT_DEDUPE_WINDOW", default_value_t = crate::limits::DEFAULT_DEDUPE_WINDOW)]
-    pub dedupe_window: usize,
-    /// Bytes of undelivered messages kept in memory over all mailboxes;
-    /// past it they wait only in log.txt and are read back when delivered.
-    #[arg(long, env = "CHAT_MAILBOX_MEMORY", default_value_t = crate::limits::DEFAULT_MAILBOX_MEMORY)]
-    pub mailbox_memory: usize,
-    /// `os`: answer once written to the OS (survives a server crash);
-    /// `fsync`: also flush to disk (survives a machine crash).
-    #[arg(long, env = "CHAT_DURABILITY", value_enum, default_value_t = Durability::Os)]
-    pub durability: Durability,
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
-    /// port; the log says which). Off when not given.
-    #[arg(long, env = "CHAT_METRICS_LISTEN", value_name = "ADDR")]
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-impl ServerArgs {
-    pub fn config(&self) -> ServerConfig {
-        ServerConfig {
-            data_dir: self.data_dir.clone(),
-            limits: Limits {
-                max_text_bytes: self.max_text_bytes,
-                max_pending: self.max_pending,
-                max_reply_bytes: self.max_reply_bytes,
-                dedupe_window: self.dedupe_window,
-                mailbox_memory: self.mailbox_memory,
-            },
-            durability: self.durability,
         }
     }
 }

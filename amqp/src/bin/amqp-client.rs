@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use chat_amqp::{AmqpArgs, AmqpClient};
-use chat_core::cli::{self, ClientArgs};
+use chat_cli::ClientArgs;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -27,11 +27,11 @@ async fn main() -> ExitCode {
     // would a refused login (per-client broker users: the first connection
     // of an ID without a user yet), which the client handles itself. Off
     // unless RUST_LOG names lapin.
-    chat_core::telemetry::init_quiet("warn", &["lapin"]);
+    chat_cli::telemetry::init_quiet("warn", &["lapin"]);
     let endpoint = chat_amqp::redact(&args.broker.amqp_url);
     let config = args.broker.config();
     // One state file per broker and namespace: two chats on one broker are
     // two different servers.
     let state_key = format!("{endpoint}#{}", config.namespace);
-    cli::run::<AmqpClient>(config, endpoint, state_key, args.client).await
+    chat_cli::run::<AmqpClient>(config, endpoint, state_key, args.client).await
 }

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chat_amqp::{AmqpArgs, AmqpConfig};
-use chat_core::{ChatServer, ServerArgs};
+use chat_cli::ServerArgs;
+use chat_core::ChatServer;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,12 +48,10 @@ async fn main() -> ExitCode {
     config.management_url = args.management_url;
     config.batching = args.batching == "on";
     if let Some(Command::Health) = args.command {
-        return chat_core::exit::health(
-            chat_amqp::health(&config).await.map_err(|e| e.to_string()),
-        );
+        return chat_cli::exit::health(chat_amqp::health(&config).await.map_err(|e| e.to_string()));
     }
-    chat_core::telemetry::init("info");
-    chat_core::exit::server("amqp-server", serve(config, args.server).await)
+    chat_cli::telemetry::init("info");
+    chat_cli::exit::server("amqp-server", serve(config, args.server).await)
 }
 
 async fn serve(config: AmqpConfig, args: ServerArgs) -> anyhow::Result<()> {
@@ -62,6 +61,6 @@ async fn serve(config: AmqpConfig, args: ServerArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_listen {
         chat_core::metrics::start(addr, &server).await?;
     }
-    chat_amqp::run(config, server, chat_core::signal::shutdown_signal()).await?;
+    chat_amqp::run(config, server, chat_cli::signal::shutdown_signal()).await?;
     Ok(())
 }

@@ -158,7 +158,7 @@ pub struct InProcessServer(InProcess<chat_amqp::AmqpError>);
 impl InProcessServer {
     pub async fn start(config: AmqpConfig) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            chat_core::telemetry::init("info");
+            chat_cli::telemetry::init("info");
         }
         Self(InProcess::start(
             chat_core::limits::DEFAULT_MAX_PENDING,

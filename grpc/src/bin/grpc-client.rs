@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chat_core::cli::{self, ClientArgs};
+use chat_cli::ClientArgs;
 use chat_grpc::{GrpcClient, GrpcConfig};
 use clap::Parser;
 
@@ -25,8 +25,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    chat_core::telemetry::init("warn");
-    cli::run::<GrpcClient>(
+    chat_cli::telemetry::init("warn");
+    chat_cli::run::<GrpcClient>(
         GrpcConfig::new(args.server.clone()).with_keepalive(args.keepalive.keepalive()),
         args.server.clone(),
         args.server,

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::{ChatServer, ServerArgs};
+use chat_cli::ServerArgs;
+use chat_core::ChatServer;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -50,10 +51,10 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Health { url, timeout }) = args.command {
         let result = chat_grpc::health::check(&url, Duration::from_secs(timeout)).await;
-        return chat_core::exit::health(result.map(|()| format!("ok: {url} is serving")));
+        return chat_cli::exit::health(result.map(|()| format!("ok: {url} is serving")));
     }
-    chat_core::telemetry::init("info");
-    chat_core::exit::server("grpc-server", serve(args).await)
+    chat_cli::telemetry::init("info");
+    chat_cli::exit::server("grpc-server", serve(args).await)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -86,7 +87,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         listener,
         server,
         keepalive,
-        chat_core::signal::shutdown_signal(),
+        chat_cli::signal::shutdown_signal(),
     )
     .await?;
     tracing::info!("stopped");

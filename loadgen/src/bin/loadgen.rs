@@ -159,7 +159,7 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 fn main() -> ExitCode {
     // lapin logs every connection it closes at ERROR level; the runs report
     // connection trouble themselves.
-    chat_core::telemetry::init("warn,lapin=off");
+    chat_cli::telemetry::init("warn,lapin=off");
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -282,7 +282,7 @@ fn check_broker(clients: u64) -> anyhow::Result<()> {
 }
 
 async fn bare(kind: BareKind) -> anyhow::Result<()> {
-    let shutdown = chat_core::signal::shutdown_signal();
+    let shutdown = chat_cli::signal::shutdown_signal();
     match kind {
         BareKind::Grpc { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)

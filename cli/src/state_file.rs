@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::ClientId;
-use crate::identity::Secret;
+use chat_core::ClientId;
+use chat_core::Secret;
 
 /// Directory name under the XDG state directory.
 const APP_DIR: &str = "chatbench";
