@@ -83,7 +83,7 @@ pub struct Accepted {
     pub timestamp_ms: i64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server refused the request; `message` says why.
     #[error("{message}")]

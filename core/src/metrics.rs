@@ -56,6 +56,7 @@ pub struct Metrics {
     online: Gauge,
     pub(crate) journal_batch: Histogram,
     pub(crate) journal_append: Histogram,
+    send_batch: Histogram,
     /// One counter per [`ErrorCode`], indexed by its number, so counting a
     /// refusal is an atomic add rather than a family look-up.
     refused: Vec<Counter>,
@@ -126,6 +127,13 @@ impl Metrics {
             "Time of one journal append: the write calls, and the fsync with --durability fsync",
             journal_append.clone(),
         );
+        // 1, 2, 4, ... 1024 sends per request.
+        let send_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "chat_send_batch_messages",
+            "Sends carried by one send request: 1 for a Send, more for a SendBatch (gRPC clients' adaptive batching)",
+            send_batch.clone(),
+        );
         let family = Family::<CodeLabel, Counter>::default();
         let refused = (0..)
             .map_while(|n| ErrorCode::try_from(n).ok())
@@ -146,8 +154,14 @@ impl Metrics {
             online,
             journal_batch,
             journal_append,
+            send_batch,
             refused,
         }
+    }
+
+    /// A send request carried `n` sends (see `chat_send_batch_messages`).
+    pub fn send_batch(&self, n: usize) {
+        self.send_batch.observe(n as f64);
     }
 
     /// `n` messages reached their next hop (see `chat_messages_delivered`).

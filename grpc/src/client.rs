@@ -26,10 +26,11 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::batcher::{self, Batcher};
 use crate::keepalive::Keepalive;
 use crate::service::{ID_HEADER, SECRET_HEADER};
 
-type Rpc = RpcClient<InterceptedService<Channel, Auth>>;
+pub(crate) type Rpc = RpcClient<InterceptedService<Channel, Auth>>;
 
 /// Adds the client's credentials to every request.
 #[derive(Clone)]
@@ -82,6 +83,9 @@ pub struct GrpcConfig {
     /// or gone without closing the connection) is noticed and the client
     /// reconnects.
     pub keepalive: Keepalive,
+    /// Adaptive batching of sends ([`crate::batcher`]): on unless the
+    /// environment says `CHAT_BATCHING=off`.
+    pub batching: bool,
 }
 
 impl GrpcConfig {
@@ -90,6 +94,7 @@ impl GrpcConfig {
             server: server.into(),
             connect_timeout: Duration::from_secs(5),
             keepalive: Keepalive::default(),
+            batching: std::env::var(BATCHING_ENV).map_or(true, |v| v != "off"),
         }
     }
 
@@ -100,11 +105,17 @@ impl GrpcConfig {
     }
 }
 
+/// Environment variable that turns the clients' (and the AMQP server's)
+/// adaptive batching off: `CHAT_BATCHING=off`.
+pub const BATCHING_ENV: &str = "CHAT_BATCHING";
+
 #[derive(Clone)]
 pub struct GrpcClient {
     id: ClientId,
     rpc: Rpc,
     endpoint: String,
+    /// The send queue, with batching on.
+    batcher: Option<Batcher>,
 }
 
 impl GrpcClient {
@@ -138,10 +149,15 @@ impl ChatClient for GrpcClient {
                 endpoint: config.server.clone(),
                 reason: error_chain(&e),
             })?;
+        let rpc = RpcClient::with_interceptor(channel, auth);
+        let batcher = config
+            .batching
+            .then(|| Batcher::start(rpc.clone(), config.server.clone()));
         Ok(Self {
             id,
-            rpc: RpcClient::with_interceptor(channel, auth),
+            rpc,
             endpoint: config.server.clone(),
+            batcher,
         })
     }
 
@@ -177,19 +193,9 @@ impl ChatClient for GrpcClient {
             to: to.to_string(),
             text: text.to_owned(),
         };
-        let give_up = tokio::time::Instant::now() + SEND_RETRY_WINDOW;
-        let mut backoff = Backoff::new();
-        let reply = loop {
-            match self.rpc.clone().send(request.clone()).await {
-                Ok(r) => break r.into_inner(),
-                Err(s) => {
-                    let e = self.err(s);
-                    if !e.is_transient() || tokio::time::Instant::now() >= give_up {
-                        return Err(e);
-                    }
-                    backoff.wait().await;
-                }
-            }
+        let reply = match &self.batcher {
+            Some(batcher) => batcher.send(request).await?,
+            None => batcher::send_one(self.rpc.clone(), &self.endpoint, request).await?,
         };
         Ok(Accepted {
             id: MessageId::parse_or_generate(&reply.id)

@@ -4,8 +4,10 @@
 //! `chat.v1.Chat` service, [`client`] implements `chat_core::ChatClient` over
 //! one tonic channel, and [`status`] is the one place where domain errors
 //! become gRPC statuses and back. [`keepalive`] is how both sides notice a
-//! peer that went silent.
+//! peer that went silent. [`batcher`] coalesces a client's sends into
+//! `SendBatch` calls when they back up.
 
+pub mod batcher;
 pub mod client;
 pub mod health;
 pub mod keepalive;

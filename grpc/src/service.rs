@@ -28,6 +28,10 @@ use crate::status::to_status;
 /// (flow control instead of unbounded memory for a slow reader).
 const STREAM_BUFFER: usize = 256;
 
+/// Most sends the server takes in one `SendBatch` (the client sends at most
+/// [`crate::batcher::MAX_SEND_BATCH`]).
+pub const MAX_SEND_BATCH: usize = 1024;
+
 /// Metadata key of the client ID a request acts as.
 pub const ID_HEADER: &str = "x-chat-id";
 /// Metadata key of the secret that proves it.
@@ -63,6 +67,26 @@ impl GrpcChat {
             .map_err(|e| self.refuse(e))
     }
 
+    /// One send's outcome in a `SendBatchReply`; a refusal is counted.
+    fn outcome(&self, r: Result<chat_core::Receipt, ChatError>) -> pb::SendOutcome {
+        let result = match r {
+            Ok(m) => pb::send_outcome::Result::Accepted(pb::SendReply {
+                id: m.id.to_string(),
+                timestamp_ms: m.timestamp_ms,
+            }),
+            Err(e) => {
+                self.server.metrics().refused(e.code());
+                pb::send_outcome::Result::Error(pb::Error {
+                    code: e.code() as i32,
+                    message: e.to_string(),
+                })
+            }
+        };
+        pb::SendOutcome {
+            result: Some(result),
+        }
+    }
+
     /// The status that refuses a request with `e`, counted in the metrics.
     fn refuse(&self, e: ChatError) -> Status {
         self.server.metrics().refused(e.code());
@@ -91,6 +115,7 @@ impl Chat for GrpcChat {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
         let principal = self.authenticate(&request)?;
+        self.server.metrics().send_batch(1);
         let cmd = SendCommand::parse(request.into_inner(), &self.server.limits())
             .map_err(|e| self.refuse(e))?;
         let m = self
@@ -102,6 +127,41 @@ impl Chat for GrpcChat {
             id: m.id.to_string(),
             timestamp_ms: m.timestamp_ms,
         }))
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<pb::SendBatchRequest>,
+    ) -> Result<Response<pb::SendBatchReply>, Status> {
+        let principal = self.authenticate(&request)?;
+        let sends = request.into_inner().sends;
+        if sends.len() > MAX_SEND_BATCH {
+            return Err(self.refuse(ChatError::Malformed(format!(
+                "a SendBatch carries at most {MAX_SEND_BATCH} sends, this one {}",
+                sends.len()
+            ))));
+        }
+        self.server.metrics().send_batch(sends.len());
+        // Accepted one after the other, in the batch's order (each gets its
+        // recipient's seq before the next is looked at); then all durable.
+        let admitted: Vec<_> = sends
+            .into_iter()
+            .map(|req| {
+                let cmd = SendCommand::parse(req, &self.server.limits())?;
+                self.server.accept(&principal, cmd)
+            })
+            .collect();
+        let outcomes = futures::future::join_all(admitted.into_iter().map(|a| async move {
+            match a {
+                Ok(admitted) => admitted.durable().await,
+                Err(e) => Err(e),
+            }
+        }))
+        .await
+        .into_iter()
+        .map(|r| self.outcome(r))
+        .collect();
+        Ok(Response::new(pb::SendBatchReply { outcomes }))
     }
 
     type SubscribeStream = ReceiverStream<Result<pb::ChatMessage, Status>>;

@@ -5,7 +5,7 @@
 
 use chat_core::ChatClient as _;
 use chat_proto::v1 as pb;
-use chat_testkit::Env;
+use chat_testkit::{Env, Stack as _};
 
 mod common;
 
@@ -311,4 +311,109 @@ async fn unreachable_server_gets_a_clear_error_after_retrying() {
     assert!(stderr.contains("retrying in"), "it retries first: {stderr}");
     let last = stderr.trim().lines().last().unwrap();
     assert!(last.starts_with("error: cannot reach"), "{stderr}");
+}
+
+/// `SendBatch` handles each send as a `Send` of its own, in order: one
+/// outcome per send, a bad one refused without touching the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_batch_has_one_outcome_per_send_in_order() {
+    let env = Env::<Grpc>::start().await;
+    let mut rpc = raw(&env).await;
+    for client_id in ["alice", "bob"] {
+        let register = pb::RegisterRequest {
+            client_id: client_id.into(),
+        };
+        rpc.register(as_client(client_id, register)).await.unwrap();
+    }
+    let send = |to: &str, text: &str| pb::SendRequest {
+        id: String::new(),
+        from: "alice".into(),
+        to: to.into(),
+        text: text.into(),
+    };
+    let batch = pb::SendBatchRequest {
+        sends: vec![
+            send("bob", "one"),
+            send("nobody", "lost?"),
+            send("bob", "two"),
+            send("bob", "   "),
+        ],
+    };
+    let reply = rpc
+        .send_batch(as_client("alice", batch))
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<Option<i32>> = reply
+        .outcomes
+        .iter()
+        .map(|o| match o.result.as_ref().unwrap() {
+            pb::send_outcome::Result::Accepted(_) => None,
+            pb::send_outcome::Result::Error(e) => Some(e.code),
+        })
+        .collect();
+    use pb::ErrorCode as C;
+    assert_eq!(
+        codes,
+        [None, Some(C::NotFound as i32), None, Some(C::InvalidArgument as i32)]
+    );
+    let (_bob, mut incoming) = env.online("bob").await;
+    let got = chat_testkit::env::recv_n(&mut incoming, 2).await;
+    let got: Vec<(u64, &str)> = got.iter().map(|m| (m.seq, m.text.as_str())).collect();
+    assert_eq!(got, [(1, "one"), (2, "two")]);
+
+    // A batch can only act as its caller.
+    let forged = pb::SendBatchRequest {
+        sends: vec![send("bob", "forged")],
+    };
+    let reply = rpc.send_batch(as_client("bob", forged)).await.unwrap();
+    let e = match reply.into_inner().outcomes[0].result.clone().unwrap() {
+        pb::send_outcome::Result::Error(e) => e,
+        other => panic!("accepted a send as another ID: {other:?}"),
+    };
+    assert_eq!(e.code, C::PermissionDenied as i32);
+}
+
+/// Sends that back up go out as `SendBatch` calls (fewer calls than sends,
+/// by the server's own count), every one accepted once and delivered; with
+/// `CHAT_BATCHING=off`, one call per send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_are_batched_only_with_batching_on() {
+    for batching in [true, false] {
+        let env = Env::<Grpc>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
+        let addr = env.server.as_ref().unwrap().metrics_addr().await;
+        let mut config = env.stack.client_config();
+        config.batching = batching;
+        let alice = chat_grpc::GrpcClient::connect(
+            &config,
+            chat_core::ClientId::parse("alice").unwrap(),
+            chat_testkit::secret_of("alice"),
+        )
+        .await
+        .unwrap();
+        alice.register().await.unwrap();
+        let (_bob, mut incoming) = env.online("bob").await;
+        const N: usize = 300;
+        let bob = chat_core::ClientId::parse("bob").unwrap();
+        let texts: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+        let sends = texts.iter().map(|t| alice.send(&bob, t));
+        let accepted = futures::future::join_all(sends).await;
+        let ids: std::collections::HashSet<_> =
+            accepted.into_iter().map(|a| a.unwrap().id).collect();
+        assert_eq!(ids.len(), N, "every send accepted, each with its own ID");
+        let got = chat_testkit::env::recv_n(&mut incoming, N).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+        chat_testkit::env::assert_no_more(&mut incoming, std::time::Duration::from_millis(500))
+            .await;
+
+        let scrape = chat_core::metrics::scrape(addr).await.unwrap();
+        let calls = scrape.histogram("chat_send_batch_messages").unwrap();
+        assert_eq!(calls.sum, N as f64, "every send counted once");
+        if batching {
+            assert!(calls.count < N as f64, "{} calls for {N} sends", calls.count);
+        } else {
+            assert_eq!(calls.count, N as f64);
+        }
+    }
 }

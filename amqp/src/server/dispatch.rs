@@ -54,6 +54,7 @@ pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: 
             // Accepted here, in delivery order: the recipient's seq is
             // assigned before this returns, so messages from one sender
             // keep the order in which they were queued.
+            g.server.metrics().send_batch(1);
             let admitted = g.server.authenticate(&creds).and_then(|principal| {
                 let cmd = SendCommand::parse(send, &g.server.limits())?;
                 g.server.accept(&principal, cmd)

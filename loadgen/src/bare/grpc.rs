@@ -43,29 +43,30 @@ impl Chat for Relay {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendReply>, Status> {
-        let r = request.into_inner();
-        let timestamp_ms = chat_core::message::now_ms();
-        let id = if r.id.is_empty() {
-            MessageId::generate().to_string()
-        } else {
-            r.id
-        };
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((tx, seq)) = streams.get_mut(&r.to) else {
-            return Err(Status::not_found(format!("{} has no open stream", r.to)));
-        };
-        *seq += 1;
-        let m = pb::ChatMessage {
-            id: id.clone(),
-            from: r.from,
-            to: r.to,
-            text: r.text,
-            timestamp_ms,
-            seq: *seq,
-        };
-        tx.send(Ok(m))
-            .map_err(|_| Status::unavailable("recipient's stream closed"))?;
-        Ok(Response::new(pb::SendReply { id, timestamp_ms }))
+        self.relay(request.into_inner()).map(Response::new)
+    }
+
+    /// The clients' batches, relayed one by one (the same client code runs
+    /// against the chat and against this ceiling).
+    async fn send_batch(
+        &self,
+        request: Request<pb::SendBatchRequest>,
+    ) -> Result<Response<pb::SendBatchReply>, Status> {
+        let outcomes = request
+            .into_inner()
+            .sends
+            .into_iter()
+            .map(|r| pb::SendOutcome {
+                result: Some(match self.relay(r) {
+                    Ok(reply) => pb::send_outcome::Result::Accepted(reply),
+                    Err(s) => pb::send_outcome::Result::Error(pb::Error {
+                        code: pb::ErrorCode::Unavailable as i32,
+                        message: s.message().to_owned(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::SendBatchReply { outcomes }))
     }
 
     type SubscribeStream = UnboundedReceiverStream<Result<pb::ChatMessage, Status>>;
@@ -99,6 +100,34 @@ impl Chat for Relay {
         _: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         Err(Status::unimplemented("the bare relay keeps no history"))
+    }
+}
+
+impl Relay {
+    /// Puts `r` into its recipient's stream with the recipient's next seq.
+    fn relay(&self, r: pb::SendRequest) -> Result<pb::SendReply, Status> {
+        let timestamp_ms = chat_core::message::now_ms();
+        let id = if r.id.is_empty() {
+            MessageId::generate().to_string()
+        } else {
+            r.id
+        };
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tx, seq)) = streams.get_mut(&r.to) else {
+            return Err(Status::not_found(format!("{} has no open stream", r.to)));
+        };
+        *seq += 1;
+        let m = pb::ChatMessage {
+            id: id.clone(),
+            from: r.from,
+            to: r.to,
+            text: r.text,
+            timestamp_ms,
+            seq: *seq,
+        };
+        tx.send(Ok(m))
+            .map_err(|_| Status::unavailable("recipient's stream closed"))?;
+        Ok(pb::SendReply { id, timestamp_ms })
     }
 }
 
