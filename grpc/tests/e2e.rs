@@ -355,7 +355,12 @@ async fn a_send_batch_has_one_outcome_per_send_in_order() {
     use pb::ErrorCode as C;
     assert_eq!(
         codes,
-        [None, Some(C::NotFound as i32), None, Some(C::InvalidArgument as i32)]
+        [
+            None,
+            Some(C::NotFound as i32),
+            None,
+            Some(C::InvalidArgument as i32)
+        ]
     );
     let (_bob, mut incoming) = env.online("bob").await;
     let got = chat_testkit::env::recv_n(&mut incoming, 2).await;
@@ -411,7 +416,11 @@ async fn concurrent_sends_are_batched_only_with_batching_on() {
         let calls = scrape.histogram("chat_send_batch_messages").unwrap();
         assert_eq!(calls.sum, N as f64, "every send counted once");
         if batching {
-            assert!(calls.count < N as f64, "{} calls for {N} sends", calls.count);
+            assert!(
+                calls.count < N as f64,
+                "{} calls for {N} sends",
+                calls.count
+            );
         } else {
             assert_eq!(calls.count, N as f64);
         }
