@@ -587,17 +587,24 @@ impl ChatServer {
             }
             st.take_round(max)
         };
-        round
+        let recipients: Vec<ClientId> = round.iter().map(|(to, _)| to.clone()).collect();
+        let loaded: Result<Vec<Outgoing>, ChatError> = round
             .into_iter()
-            .map(|(to, batch)| match self.load_all(batch) {
-                Ok(messages) => Ok(Outgoing { to, messages }),
-                Err(e) => {
-                    // Handed out again next round.
-                    self.rewind(&to, 0);
-                    Err(e)
-                }
+            .map(|(to, batch)| {
+                Ok(Outgoing {
+                    to,
+                    messages: self.load_all(batch)?,
+                })
             })
-            .collect()
+            .collect();
+        if loaded.is_err() {
+            // Nothing of this round goes out: every recipient in it is
+            // handed out again next round, not only the one that failed.
+            for to in &recipients {
+                self.rewind(to, 0);
+            }
+        }
+        loaded
     }
 
     /// Hands `to`'s messages after `after` out again (a publish the next
@@ -1463,6 +1470,34 @@ mod tests {
             [("carol".into(), vec![1])],
             "the cumulative acks were journaled"
         );
+    }
+
+    #[tokio::test]
+    async fn a_round_that_cannot_be_read_back_is_handed_out_again_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path());
+        // Nothing stays in memory: every message is read back from log.txt.
+        config.limits.mailbox_memory = 0;
+        let s = ChatServer::open(config).unwrap();
+        for name in ["alice", "bob", "carol"] {
+            register(&s, name).await.unwrap();
+        }
+        send(&s, "alice", "bob", "to bob").await.unwrap();
+        send(&s, "alice", "carol", "to carol").await.unwrap();
+        s.start_forwarding();
+        let log = dir.path().join(LOG_FILE);
+        let kept = std::fs::read(&log).unwrap();
+        std::fs::write(&log, b"").unwrap();
+        assert!(s.next_round(10).is_err(), "log.txt cannot be read back");
+        std::fs::write(&log, &kept).unwrap();
+        let mut to: Vec<String> = s
+            .next_round(10)
+            .unwrap()
+            .iter()
+            .map(|o| format!("{} {}", o.to, o.messages[0].text))
+            .collect();
+        to.sort();
+        assert_eq!(to, ["bob to bob", "carol to carol"]);
     }
 
     #[tokio::test]
