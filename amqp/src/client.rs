@@ -53,7 +53,7 @@ use crate::AmqpConfig;
 use crate::broker_users::{BrokerAuth, RELOGIN_TIMEOUT, client_login, register_login};
 use crate::brokers::{Brokers, Connected};
 use crate::connection::{close_connection, redact};
-use crate::error::{AmqpError, rejected};
+use crate::error::AmqpError;
 use crate::topology::{self, Names};
 
 /// How long one broker connection attempt may take.
@@ -374,7 +374,7 @@ impl Shared {
         lock(&self.pending).remove(&correlation_id);
         match answer {
             Ok(Ok(reply)) => match reply.body {
-                Some(pb::reply::Body::Error(e)) => Err(rejected(e)),
+                Some(pb::reply::Body::Error(e)) => Err(e.into()),
                 Some(body) => Ok(body),
                 None => Err(ClientError::Protocol("empty reply".into())),
             },

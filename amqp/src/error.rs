@@ -2,7 +2,7 @@
 //! `Reply { error }` messages (server side) and where those become
 //! [`ClientError`]s again (client side).
 
-use chat_core::{ChatError, ClientError, ErrorCode};
+use chat_core::{ChatError, ErrorCode};
 use chat_proto::v1 as pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,9 @@ pub enum AmqpError {
 
 /// The `Reply` that tells a client why its request was refused.
 pub fn error_reply(e: &ChatError) -> pb::Reply {
-    error_reply_with(e.code(), e.to_string())
+    pb::Reply {
+        body: Some(pb::reply::Body::Error(e.to_proto())),
+    }
 }
 
 pub(crate) fn error_reply_with(code: ErrorCode, message: String) -> pb::Reply {
@@ -77,18 +79,10 @@ pub(crate) fn error_reply_with(code: ErrorCode, message: String) -> pb::Reply {
     }
 }
 
-/// The client's view of an `Error` reply.
-pub fn rejected(e: pb::Error) -> ClientError {
-    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
-    ClientError::Rejected {
-        code,
-        message: e.message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_core::ClientError;
 
     #[test]
     fn a_domain_error_survives_the_round_trip() {
@@ -96,7 +90,7 @@ mod tests {
         let Some(pb::reply::Body::Error(body)) = error_reply(&e).body else {
             panic!("not an error reply");
         };
-        match rejected(body) {
+        match ClientError::from(body) {
             ClientError::Rejected { code, message } => {
                 assert_eq!(code, ErrorCode::InvalidArgument);
                 assert_eq!(message, "message text is empty");

@@ -123,6 +123,17 @@ impl ClientError {
     }
 }
 
+/// The client's view of an `Error` the server sent (an unknown code reads
+/// as unspecified).
+impl From<chat_proto::v1::Error> for ClientError {
+    fn from(e: chat_proto::v1::Error) -> Self {
+        Self::Rejected {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            message: e.message,
+        }
+    }
+}
+
 impl From<crate::error::ChatError> for ClientError {
     fn from(e: crate::error::ChatError) -> Self {
         Self::Rejected {

@@ -74,6 +74,15 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// The error as both transports carry it to a client (a gRPC
+    /// `SendOutcome`, an AMQP `Reply`).
+    pub fn to_proto(&self) -> chat_proto::v1::Error {
+        chat_proto::v1::Error {
+            code: self.code() as i32,
+            message: self.to_string(),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidClientId(_)

@@ -14,8 +14,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use chat_core::ClientError;
 use chat_core::backoff::Backoff;
-use chat_core::{ClientError, ErrorCode};
 use chat_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -148,10 +148,7 @@ where
 fn outcome(o: pb::SendOutcome) -> Outcome {
     match o.result {
         Some(pb::send_outcome::Result::Accepted(reply)) => Ok(reply),
-        Some(pb::send_outcome::Result::Error(e)) => Err(ClientError::Rejected {
-            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-            message: e.message,
-        }),
+        Some(pb::send_outcome::Result::Error(e)) => Err(e.into()),
         None => Err(ClientError::Protocol(
             "a SendBatch outcome without a result".into(),
         )),

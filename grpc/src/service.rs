@@ -76,10 +76,7 @@ impl GrpcChat {
             }),
             Err(e) => {
                 self.server.metrics().refused(e.code());
-                pb::send_outcome::Result::Error(pb::Error {
-                    code: e.code() as i32,
-                    message: e.to_string(),
-                })
+                pb::send_outcome::Result::Error(e.to_proto())
             }
         };
         pb::SendOutcome {
@@ -142,12 +139,13 @@ impl Chat for GrpcChat {
             ))));
         }
         self.server.metrics().send_batch(sends.len());
+        let limits = self.server.limits();
         // Accepted one after the other, in the batch's order (each gets its
         // recipient's seq before the next is looked at); then all durable.
         let admitted: Vec<_> = sends
             .into_iter()
             .map(|req| {
-                let cmd = SendCommand::parse(req, &self.server.limits())?;
+                let cmd = SendCommand::parse(req, &limits)?;
                 self.server.accept(&principal, cmd)
             })
             .collect();
