@@ -32,9 +32,10 @@ use std::time::Duration;
 
 use chat_core::backoff::Backoff;
 use chat_core::client::{AckStream, incoming_channel};
+use chat_core::send_queue::SendOutcome;
 use chat_core::{
     Accepted, AckToken, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Incoming,
-    IncomingSink, Message, MessageId, Secret,
+    IncomingSink, Message, Secret, SendCarrier, Sends,
 };
 use chat_proto::v1 as pb;
 use futures::StreamExt;
@@ -64,6 +65,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AmqpClient {
     shared: Arc<Shared>,
+    /// Sends, batched with batching on.
+    sends: Sends<Requests>,
     _life: Arc<Life>,
 }
 
@@ -72,6 +75,30 @@ impl std::fmt::Debug for AmqpClient {
         f.debug_struct("AmqpClient")
             .field("id", &self.shared.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// How the client carries sends: `send` and `send_batch` requests on the
+/// server's queue (batching itself is chat-core's `send_queue`).
+#[derive(Clone)]
+struct Requests(Arc<Shared>);
+
+impl SendCarrier for Requests {
+    async fn send_one(&self, request: pb::SendRequest) -> SendOutcome {
+        match self.0.request(pb::request::Body::Send(request)).await? {
+            pb::reply::Body::Send(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        batch: pb::SendBatchRequest,
+    ) -> Result<pb::SendBatchReply, ClientError> {
+        match self.0.request(pb::request::Body::SendBatch(batch)).await? {
+            pb::reply::Body::SendBatch(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
@@ -754,6 +781,7 @@ impl ChatClient for AmqpClient {
         let (stop, stop_rx) = watch::channel(());
         tokio::spawn(shared.clone().manage(link, stop_rx));
         Ok(Self {
+            sends: Sends::new(Requests(shared.clone()), config.batching),
             shared,
             _life: Arc::new(Life { _stop: stop }),
         })
@@ -814,23 +842,7 @@ impl ChatClient for AmqpClient {
     }
 
     async fn send(&self, to: &ClientId, text: &str) -> Result<Accepted, ClientError> {
-        let reply = self
-            .shared
-            .request(pb::request::Body::Send(pb::SendRequest {
-                id: MessageId::generate().to_string(),
-                from: self.shared.id.to_string(),
-                to: to.to_string(),
-                text: text.to_owned(),
-            }))
-            .await?;
-        match reply {
-            pb::reply::Body::Send(r) => Ok(Accepted {
-                id: MessageId::parse_or_generate(&r.id)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
-                timestamp_ms: r.timestamp_ms,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.sends.send(&self.shared.id, to, text).await
     }
 
     async fn list_clients(&self) -> Result<Vec<ClientInfo>, ClientError> {

@@ -77,11 +77,15 @@ pub struct AmqpConfig {
     pub management_url: Option<String>,
     /// Per-client mode: password of the bootstrap user `<ns>.register`.
     pub register_password: String,
-    /// Server: adaptive batching. When several messages wait for one
-    /// recipient, they go into its queue as one `ChatMessageBatch`
-    /// delivery (up to [`MAX_DELIVERY_BATCH`]); a message that waits
-    /// alone goes out at once as a `ChatMessage`, so nothing waits for a
-    /// batch to fill. Off: one delivery per message.
+    /// Adaptive batching, on unless the environment says
+    /// `CHAT_BATCHING=off` (the server's `--batching` flag sets it too).
+    /// Server: when several messages wait for one recipient, they go into
+    /// its queue as one `ChatMessageBatch` delivery (up to
+    /// [`MAX_DELIVERY_BATCH`]); a message that waits alone goes out at once
+    /// as a `ChatMessage`, so nothing waits for a batch to fill. Client:
+    /// sends that wait while two requests are in flight go as one
+    /// `send_batch` request ([`chat_core::send_queue`]). Off: one delivery
+    /// per message, one request per send.
     pub batching: bool,
 }
 
@@ -102,7 +106,7 @@ impl AmqpConfig {
             broker_auth: BrokerAuth::Shared,
             management_url: None,
             register_password: broker_users::DEFAULT_REGISTER_PASSWORD.to_owned(),
-            batching: true,
+            batching: chat_core::send_queue::batching_from_env(),
         }
     }
 

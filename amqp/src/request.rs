@@ -35,7 +35,9 @@ pub(crate) fn decode(
         .map(|a| Credentials::new(a.client_id, a.secret))
         .unwrap_or_default();
     let body = request.body.ok_or_else(|| {
-        ChatError::Malformed("request has no body (register, send, list_clients or history)".into())
+        ChatError::Malformed(
+            "request has no body (register, send, send_batch, list_clients or history)".into(),
+        )
     })?;
     Ok((body, creds))
 }
@@ -80,19 +82,20 @@ mod tests {
     /// Requests a client could send, with fields anyone could put there.
     fn request() -> impl Strategy<Value = pb::Request> {
         let id = prop_oneof!["[a-z]{1,8}", any::<String>()];
+        let send = (
+            prop_oneof![Just(String::new()), any::<String>()],
+            id.clone(),
+            id.clone(),
+            any::<String>(),
+        )
+            .prop_map(|(id, from, to, text)| pb::SendRequest { id, from, to, text });
         let body = prop_oneof![
             id.clone().prop_map(
                 |client_id| pb::request::Body::Register(pb::RegisterRequest { client_id })
             ),
-            (
-                prop_oneof![Just(String::new()), any::<String>()],
-                id.clone(),
-                id.clone(),
-                any::<String>()
-            )
-                .prop_map(|(id, from, to, text)| pb::request::Body::Send(
-                    pb::SendRequest { id, from, to, text }
-                )),
+            send.clone().prop_map(pb::request::Body::Send),
+            prop::collection::vec(send, 0..4)
+                .prop_map(|sends| pb::request::Body::SendBatch(pb::SendBatchRequest { sends })),
             Just(pb::request::Body::ListClients(pb::ListClientsRequest {})),
             id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
                 client_id,
@@ -122,6 +125,21 @@ mod tests {
                 let principal = server.authenticate(&creds)?;
                 let cmd = chat_core::SendCommand::parse(s, &server.limits())?;
                 server.send(&principal, cmd).await.map(drop)
+            }
+            pb::request::Body::SendBatch(b) => {
+                let principal = server.authenticate(&creds)?;
+                let outcome = server.accept_batch(&principal, b.sends)?.durable().await;
+                for o in outcome.reply().outcomes {
+                    match o.result {
+                        Some(pb::send_outcome::Result::Accepted(_)) => {}
+                        Some(pb::send_outcome::Result::Error(e)) => {
+                            assert_ne!(e.code, ErrorCode::Unspecified as i32, "{e:?}");
+                            assert!(!e.message.is_empty());
+                        }
+                        None => panic!("an outcome without a result"),
+                    }
+                }
+                Ok(())
             }
             pb::request::Body::ListClients(_) => {
                 server.list();

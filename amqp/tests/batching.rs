@@ -2,9 +2,11 @@
 //! that wait for one recipient together go into its queue as
 //! `ChatMessageBatch` deliveries; with batching off, one `ChatMessage` each.
 //! And the client shows every message of a batch, in order, and
-//! acknowledges the delivery.
+//! acknowledges the delivery. Sends come batched too: a `send_batch`
+//! request has one outcome per send.
 
 mod common;
+mod raw;
 
 use std::time::Duration;
 
@@ -201,4 +203,77 @@ async fn the_client_shows_each_message_of_a_batch_in_order_and_acks_it() {
     assert_eq!(left, 0);
     let _ = conn.close(200, "done".into()).await;
     server.stop().await;
+}
+
+fn send_body(from: &str, to: &str, text: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        id: String::new(),
+        from: from.into(),
+        to: to.into(),
+        text: text.into(),
+    }
+}
+
+/// The error code of each outcome of a `send_batch` reply (`None`:
+/// accepted).
+fn outcome_codes(reply: pb::Reply) -> Vec<Option<i32>> {
+    let Some(pb::reply::Body::SendBatch(r)) = reply.body else {
+        panic!("not a send_batch reply: {reply:?}");
+    };
+    r.outcomes
+        .into_iter()
+        .map(|o| match o.result.expect("an outcome has a result") {
+            pb::send_outcome::Result::Accepted(_) => None,
+            pb::send_outcome::Result::Error(e) => Some(e.code),
+        })
+        .collect()
+}
+
+/// A `send_batch` request (docs/amqp.md): each send is handled as a
+/// `send` of its own, in order, a bad one refused without touching the
+/// others; a send acting as someone else is refused; more than 1024 sends
+/// are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_batch_request_has_one_outcome_per_send_in_order() {
+    use pb::ErrorCode as C;
+    let ns = Namespace::new();
+    let _server = InProcessServer::start(ns.config()).await;
+    let _alice = ns.registered("alice").await;
+    let bob = ns.registered("bob").await;
+    let mut raw = raw::RawPeer::connect(&ns).await;
+
+    let batch = pb::request::Body::SendBatch(pb::SendBatchRequest {
+        sends: vec![
+            send_body("alice", "bob", "one"),
+            send_body("alice", "nobody", "lost?"),
+            send_body("alice", "bob", "two"),
+            send_body("alice", "bob", "   "),
+            send_body("bob", "alice", "forged"),
+        ],
+    });
+    let reply = raw.ask(&raw::request(batch), None).await;
+    assert_eq!(
+        outcome_codes(reply),
+        [
+            None,
+            Some(C::NotFound as i32),
+            None,
+            Some(C::InvalidArgument as i32),
+            Some(C::PermissionDenied as i32),
+        ]
+    );
+    let mut incoming = bob.join().await.unwrap();
+    let got = recv_n(&mut incoming, 2).await;
+    let got: Vec<(u64, &str)> = got.iter().map(|m| (m.seq, m.text.as_str())).collect();
+    assert_eq!(got, [(1, "one"), (2, "two")]);
+
+    let too_many = pb::request::Body::SendBatch(pb::SendBatchRequest {
+        sends: vec![send_body("alice", "bob", "x"); 1025],
+    });
+    let reply = raw.ask(&raw::request(too_many), None).await;
+    let (code, message) = raw::error_of(&reply);
+    assert_eq!(code, chat_core::ErrorCode::InvalidArgument, "{message}");
+    assert!(message.contains("at most 1024 sends"), "{message}");
+    chat_testkit::env::assert_no_more(&mut incoming, Duration::from_secs(1)).await;
+    raw.close().await;
 }

@@ -82,6 +82,13 @@ impl<const PER_CLIENT: bool> Stack for AmqpStack<PER_CLIENT> {
         self.ns.config()
     }
 
+    fn client_config_batching(&self, batching: bool) -> AmqpConfig {
+        AmqpConfig {
+            batching,
+            ..self.client_config()
+        }
+    }
+
     fn client_upstream(&self) -> String {
         common::broker_addr()
     }

@@ -20,6 +20,8 @@ pub mod log_line;
 pub mod message;
 pub mod metrics;
 mod outbox;
+mod send_batch;
+pub mod send_queue;
 pub mod server;
 
 pub use client::{
@@ -31,4 +33,6 @@ pub use id::{ClientId, MessageId};
 pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message, Receipt, SendCommand};
+pub use send_batch::{AdmittedBatch, BatchOutcome};
+pub use send_queue::{SendCarrier, Sends};
 pub use server::{Admitted, ChatServer, Outgoing, ServerConfig, Session};

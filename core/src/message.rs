@@ -41,6 +41,14 @@ impl Receipt {
             timestamp_ms: m.timestamp_ms,
         }
     }
+
+    /// The reply to the send, as the wire carries it.
+    pub fn to_reply(&self) -> pb::SendReply {
+        pb::SendReply {
+            id: self.id.to_string(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
 }
 
 /// A send, parsed at the edge (the adapter's request handler): both IDs,

@@ -16,7 +16,7 @@ use chat_core::backoff::Backoff;
 use chat_core::client::incoming_channel;
 use chat_core::{
     Accepted, AckStream, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, ErrorCode,
-    Incoming, IncomingSink, Message, MessageId, Secret,
+    Incoming, IncomingSink, Message, Secret, Sends,
 };
 use chat_proto::v1 as pb;
 use pb::chat_client::ChatClient as RpcClient;
@@ -26,7 +26,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batcher::{self, Batcher};
+use crate::batcher::RpcSends;
 use crate::keepalive::Keepalive;
 use crate::service::{ID_HEADER, SECRET_HEADER};
 
@@ -83,7 +83,7 @@ pub struct GrpcConfig {
     /// or gone without closing the connection) is noticed and the client
     /// reconnects.
     pub keepalive: Keepalive,
-    /// Adaptive batching of sends ([`crate::batcher`]): on unless the
+    /// Adaptive batching of sends ([`chat_core::send_queue`]): on unless the
     /// environment says `CHAT_BATCHING=off`.
     pub batching: bool,
 }
@@ -94,7 +94,7 @@ impl GrpcConfig {
             server: server.into(),
             connect_timeout: Duration::from_secs(5),
             keepalive: Keepalive::default(),
-            batching: std::env::var(BATCHING_ENV).map_or(true, |v| v != "off"),
+            batching: chat_core::send_queue::batching_from_env(),
         }
     }
 
@@ -105,17 +105,13 @@ impl GrpcConfig {
     }
 }
 
-/// Environment variable that turns the clients' (and the AMQP server's)
-/// adaptive batching off: `CHAT_BATCHING=off`.
-pub const BATCHING_ENV: &str = "CHAT_BATCHING";
-
 #[derive(Clone)]
 pub struct GrpcClient {
     id: ClientId,
     rpc: Rpc,
     endpoint: String,
-    /// The send queue, with batching on.
-    batcher: Option<Batcher>,
+    /// Sends, batched with batching on.
+    sends: Sends<RpcSends>,
 }
 
 impl GrpcClient {
@@ -150,14 +146,16 @@ impl ChatClient for GrpcClient {
                 reason: error_chain(&e),
             })?;
         let rpc = RpcClient::with_interceptor(channel, auth);
-        let batcher = config
-            .batching
-            .then(|| Batcher::start(rpc.clone(), config.server.clone()));
+        let carrier = RpcSends {
+            rpc: rpc.clone(),
+            endpoint: config.server.clone(),
+        };
+        let sends = Sends::new(carrier, config.batching);
         Ok(Self {
             id,
             rpc,
             endpoint: config.server.clone(),
-            batcher,
+            sends,
         })
     }
 
@@ -187,21 +185,7 @@ impl ChatClient for GrpcClient {
     }
 
     async fn send(&self, to: &ClientId, text: &str) -> Result<Accepted, ClientError> {
-        let request = pb::SendRequest {
-            id: MessageId::generate().to_string(),
-            from: self.id.to_string(),
-            to: to.to_string(),
-            text: text.to_owned(),
-        };
-        let reply = match &self.batcher {
-            Some(batcher) => batcher.send(request).await?,
-            None => batcher::send_one(self.rpc.clone(), &self.endpoint, request).await?,
-        };
-        Ok(Accepted {
-            id: MessageId::parse_or_generate(&reply.id)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?,
-            timestamp_ms: reply.timestamp_ms,
-        })
+        self.sends.send(&self.id, to, text).await
     }
 
     async fn list_clients(&self) -> Result<Vec<ClientInfo>, ClientError> {

@@ -28,10 +28,6 @@ use crate::status::to_status;
 /// (flow control instead of unbounded memory for a slow reader).
 const STREAM_BUFFER: usize = 256;
 
-/// Most sends the server takes in one `SendBatch` (the client sends at most
-/// [`crate::batcher::MAX_SEND_BATCH`]).
-pub const MAX_SEND_BATCH: usize = 1024;
-
 /// Metadata key of the client ID a request acts as.
 pub const ID_HEADER: &str = "x-chat-id";
 /// Metadata key of the secret that proves it.
@@ -65,23 +61,6 @@ impl GrpcChat {
         self.server
             .authenticate(&credentials(request))
             .map_err(|e| self.refuse(e))
-    }
-
-    /// One send's outcome in a `SendBatchReply`; a refusal is counted.
-    fn outcome(&self, r: Result<chat_core::Receipt, ChatError>) -> pb::SendOutcome {
-        let result = match r {
-            Ok(m) => pb::send_outcome::Result::Accepted(pb::SendReply {
-                id: m.id.to_string(),
-                timestamp_ms: m.timestamp_ms,
-            }),
-            Err(e) => {
-                self.server.metrics().refused(e.code());
-                pb::send_outcome::Result::Error(e.to_proto())
-            }
-        };
-        pb::SendOutcome {
-            result: Some(result),
-        }
     }
 
     /// The status that refuses a request with `e`, counted in the metrics.
@@ -120,10 +99,7 @@ impl Chat for GrpcChat {
             .send(&principal, cmd)
             .await
             .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(pb::SendReply {
-            id: m.id.to_string(),
-            timestamp_ms: m.timestamp_ms,
-        }))
+        Ok(Response::new(m.to_reply()))
     }
 
     async fn send_batch(
@@ -131,35 +107,11 @@ impl Chat for GrpcChat {
         request: Request<pb::SendBatchRequest>,
     ) -> Result<Response<pb::SendBatchReply>, Status> {
         let principal = self.authenticate(&request)?;
-        let sends = request.into_inner().sends;
-        if sends.len() > MAX_SEND_BATCH {
-            return Err(self.refuse(ChatError::Malformed(format!(
-                "a SendBatch carries at most {MAX_SEND_BATCH} sends, this one {}",
-                sends.len()
-            ))));
-        }
-        self.server.metrics().send_batch(sends.len());
-        let limits = self.server.limits();
-        // Accepted one after the other, in the batch's order (each gets its
-        // recipient's seq before the next is looked at); then all durable.
-        let admitted: Vec<_> = sends
-            .into_iter()
-            .map(|req| {
-                let cmd = SendCommand::parse(req, &limits)?;
-                self.server.accept(&principal, cmd)
-            })
-            .collect();
-        let outcomes = futures::future::join_all(admitted.into_iter().map(|a| async move {
-            match a {
-                Ok(admitted) => admitted.durable().await,
-                Err(e) => Err(e),
-            }
-        }))
-        .await
-        .into_iter()
-        .map(|r| self.outcome(r))
-        .collect();
-        Ok(Response::new(pb::SendBatchReply { outcomes }))
+        let batch = self
+            .server
+            .accept_batch(&principal, request.into_inner().sends)
+            .map_err(|e| self.refuse(e))?;
+        Ok(Response::new(batch.durable().await.reply()))
     }
 
     type SubscribeStream = ReceiverStream<Result<pb::ChatMessage, Status>>;

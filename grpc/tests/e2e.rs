@@ -5,7 +5,7 @@
 
 use chat_core::ChatClient as _;
 use chat_proto::v1 as pb;
-use chat_testkit::{Env, Stack as _};
+use chat_testkit::Env;
 
 mod common;
 
@@ -377,52 +377,4 @@ async fn a_send_batch_has_one_outcome_per_send_in_order() {
         other => panic!("accepted a send as another ID: {other:?}"),
     };
     assert_eq!(e.code, C::PermissionDenied as i32);
-}
-
-/// Sends that back up go out as `SendBatch` calls (fewer calls than sends,
-/// by the server's own count), every one accepted once and delivered; with
-/// `CHAT_BATCHING=off`, one call per send.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sends_are_batched_only_with_batching_on() {
-    for batching in [true, false] {
-        let env = Env::<Grpc>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
-        let addr = env.server.as_ref().unwrap().metrics_addr().await;
-        let mut config = env.stack.client_config();
-        config.batching = batching;
-        let alice = chat_grpc::GrpcClient::connect(
-            &config,
-            chat_core::ClientId::parse("alice").unwrap(),
-            chat_testkit::secret_of("alice"),
-        )
-        .await
-        .unwrap();
-        alice.register().await.unwrap();
-        let (_bob, mut incoming) = env.online("bob").await;
-        const N: usize = 300;
-        let bob = chat_core::ClientId::parse("bob").unwrap();
-        let texts: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
-        let sends = texts.iter().map(|t| alice.send(&bob, t));
-        let accepted = futures::future::join_all(sends).await;
-        let ids: std::collections::HashSet<_> =
-            accepted.into_iter().map(|a| a.unwrap().id).collect();
-        assert_eq!(ids.len(), N, "every send accepted, each with its own ID");
-        let got = chat_testkit::env::recv_n(&mut incoming, N).await;
-        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
-        chat_testkit::env::assert_no_more(&mut incoming, std::time::Duration::from_millis(500))
-            .await;
-
-        let scrape = chat_core::metrics::scrape(addr).await.unwrap();
-        let calls = scrape.histogram("chat_send_batch_messages").unwrap();
-        assert_eq!(calls.sum, N as f64, "every send counted once");
-        if batching {
-            assert!(
-                calls.count < N as f64,
-                "{} calls for {N} sends",
-                calls.count
-            );
-        } else {
-            assert_eq!(calls.count, N as f64);
-        }
-    }
 }

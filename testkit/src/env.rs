@@ -51,6 +51,9 @@ pub trait Stack: Sized + Send + Sync + 'static {
     }
     /// Connection settings for trait clients.
     fn client_config(&self) -> <Self::Client as ChatClient>::Config;
+    /// [`Self::client_config`] with the client's adaptive batching of
+    /// sends on or off (whatever `CHAT_BATCHING` says).
+    fn client_config_batching(&self, batching: bool) -> <Self::Client as ChatClient>::Config;
 
     /// `host:port` that this stack's clients connect to: the server, or
     /// the broker. Tests put a [`crate::proxy::Proxy`] in front of it.

@@ -45,6 +45,7 @@ macro_rules! chat_scenarios {
             impostors_are_refused_and_claims_survive_a_restart,
             cli_keeps_its_secret_and_never_shows_a_message_twice,
             metrics_count_what_the_server_did,
+            concurrent_sends_are_batched_only_with_batching_on,
             a_frozen_client_loses_its_id_and_nothing_is_lost,
             max_pending_holds_for_an_offline_recipient,
             a_second_server_on_the_same_data_dir_is_refused,

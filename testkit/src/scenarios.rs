@@ -847,6 +847,49 @@ pub async fn metrics_count_what_the_server_did<S: Stack>() {
     assert_eq!(appends.count, batches.count, "one timing per batch");
 }
 
+/// Sends that back up go out as batch requests (gRPC `SendBatch`, AMQP
+/// `send_batch`): fewer requests than sends, by the server's own count,
+/// every send accepted once with its own ID and delivered once, with
+/// gap-free seqs (concurrent sends have no order among themselves). With
+/// batching off, one request per send.
+pub async fn concurrent_sends_are_batched_only_with_batching_on<S: Stack>() {
+    for batching in [true, false] {
+        let env = Env::<S>::start_with_env(&[("CHAT_METRICS_LISTEN", "127.0.0.1:0")]).await;
+        let addr = env.server.as_ref().unwrap().metrics_addr().await;
+        let config = env.stack.client_config_batching(batching);
+        let alice = S::Client::connect(&config, id("alice"), crate::secret_of("alice"))
+            .await
+            .unwrap();
+        alice.register().await.unwrap();
+        let (_bob, mut incoming) = env.online("bob").await;
+        const N: usize = 300;
+        let texts: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+        let bob = id("bob");
+        let accepted = join_all(texts.iter().map(|t| alice.send(&bob, t))).await;
+        let ids: HashSet<_> = accepted.into_iter().map(|a| a.unwrap().id).collect();
+        assert_eq!(ids.len(), N, "every send accepted, each with its own ID");
+        let got = recv_n(&mut incoming, N).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+        let texts_got: HashSet<&str> = got.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts_got.len(), N, "every text once");
+        assert_no_more(&mut incoming, QUIET).await;
+
+        let scrape = chat_core::metrics::scrape(addr).await.unwrap();
+        let calls = scrape.histogram("chat_send_batch_messages").unwrap();
+        assert_eq!(calls.sum, N as f64, "every send counted once");
+        if batching {
+            assert!(
+                calls.count < N as f64,
+                "{} requests for {N} sends",
+                calls.count
+            );
+        } else {
+            assert_eq!(calls.count, N as f64, "one request per send");
+        }
+    }
+}
+
 /// A client that freezes (SIGSTOP: its connection stays open, nothing is
 /// read or written; here a proxy that holds every byte) loses its ID once
 /// the liveness checks notice, with short settings for the test. Then the

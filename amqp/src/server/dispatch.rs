@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use chat_core::{ChatError, ClientInfo, Credentials, ErrorCode, SendCommand};
+use chat_core::{BatchOutcome, ChatError, ClientInfo, Credentials, ErrorCode, SendCommand};
 use chat_proto::v1 as pb;
 use futures::{StreamExt, TryStreamExt};
 use lapin::message::Delivery;
@@ -67,13 +67,28 @@ pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: 
                 finish_send(&g, request, result).await;
             });
         }
+        Ok((pb::request::Body::SendBatch(batch), creds)) => {
+            // Accepted here too, in delivery order, each send in turn.
+            let admitted = g
+                .server
+                .authenticate(&creds)
+                .and_then(|principal| g.server.accept_batch(&principal, batch.sends));
+            tasks.spawn(async move {
+                match admitted {
+                    Ok(admitted) => finish_batch(&g, request, admitted.durable().await).await,
+                    Err(e) => finish_send(&g, request, Err(e)).await,
+                }
+            });
+        }
         Ok((other, creds)) => {
             tasks.spawn(async move {
                 let result = match other {
                     pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
                     pb::request::Body::ListClients(_) => list(&g).await,
                     pb::request::Body::History(h) => history(&g, &creds, h).await,
-                    pb::request::Body::Send(_) => unreachable!("handled above"),
+                    pb::request::Body::Send(_) | pb::request::Body::SendBatch(_) => {
+                        unreachable!("handled above")
+                    }
                 };
                 match result {
                     Ok(body) => {
@@ -111,10 +126,7 @@ async fn finish_send(
     match result {
         Ok(message) => {
             let forwarded = g.server.wait_forwarded(&message.to, message.seq);
-            let reply = pb::reply::Body::Send(pb::SendReply {
-                id: message.id.to_string(),
-                timestamp_ms: message.timestamp_ms,
-            });
+            let reply = pb::reply::Body::Send(message.to_reply());
             g.reply(&request, pb::Reply { body: Some(reply) }).await;
             // The request stays unacknowledged until the recipient's queue
             // has the message; if this generation ends first, the broker
@@ -131,6 +143,23 @@ async fn finish_send(
             g.reply(&request, error_reply(&e)).await;
             request.ack(g).await;
         }
+    }
+}
+
+/// Answers a `SendBatch` once its sends are durable, and acknowledges it
+/// once every accepted message is in its recipient's queue (as
+/// [`finish_send`] does for one).
+async fn finish_batch(g: &Generation, request: Request, outcome: BatchOutcome) {
+    if outcome.shutting_down() {
+        // Left unacknowledged: handled again after the restart, where the
+        // sends accepted already are recognised by their IDs.
+        return;
+    }
+    let forwarded = outcome.forwarded();
+    let reply = pb::reply::Body::SendBatch(outcome.reply());
+    g.reply(&request, pb::Reply { body: Some(reply) }).await;
+    if forwarded.await.is_ok() {
+        request.ack(g).await;
     }
 }
 

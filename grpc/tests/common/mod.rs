@@ -88,6 +88,13 @@ impl Stack for Grpc {
         GrpcConfig::new(self.url())
     }
 
+    fn client_config_batching(&self, batching: bool) -> GrpcConfig {
+        GrpcConfig {
+            batching,
+            ..self.client_config()
+        }
+    }
+
     fn client_upstream(&self) -> String {
         self.addr().to_string()
     }

@@ -11,12 +11,16 @@
 //! anything at or below the last one it showed), so seqs are assigned in
 //! delivery order and each recipient is served by one of [`LANES`] tasks,
 //! which publish in order; different recipients proceed in parallel, as the
-//! chat's handlers do.
+//! chat's handlers do. A `send_batch` request (the clients' adaptive
+//! batching) is relayed message by message, through the lanes of its
+//! recipients, and answered with one outcome per send.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chat_amqp::AmqpConfig;
 use chat_amqp::topology::{self, Names};
@@ -25,6 +29,7 @@ use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::Channel;
+use lapin::PublisherConfirm;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -36,12 +41,41 @@ use tokio::sync::mpsc;
 /// Relay tasks; a recipient always goes to the same one.
 const LANES: usize = 16;
 
-/// One send to relay.
+/// The sends of one request that go through one lane, in order.
 struct Job {
-    message: pb::ChatMessage,
+    messages: Vec<pb::ChatMessage>,
+    request: Arc<Request>,
+}
+
+/// A request (a `send` or a `send_batch`) being relayed: answered once
+/// every lane it went to has published its part, acknowledged once the
+/// broker has confirmed them all.
+struct Request {
     reply_to: Option<ShortString>,
     correlation: Option<ShortString>,
+    reply: pb::reply::Body,
     acker: Acker,
+    /// Lanes that have not published their part yet.
+    parts: AtomicUsize,
+    confirms: Mutex<Vec<PublisherConfirm>>,
+}
+
+impl Request {
+    fn new(
+        reply_to: Option<ShortString>,
+        correlation: Option<ShortString>,
+        reply: pb::reply::Body,
+        acker: Acker,
+    ) -> Self {
+        Self {
+            reply_to,
+            correlation,
+            reply,
+            acker,
+            parts: AtomicUsize::new(0),
+            confirms: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Serves until `shutdown` or the first broker error (a ceiling does not
@@ -94,30 +128,23 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
         let correlation = delivery.properties.correlation_id().clone();
         let reply = match request.body {
             Some(pb::request::Body::Send(s)) => {
-                let seq = seqs.entry(s.to.clone()).or_insert(0);
-                *seq += 1;
-                let message = pb::ChatMessage {
-                    id: if s.id.is_empty() {
-                        MessageId::generate().to_string()
-                    } else {
-                        s.id
-                    },
-                    from: s.from,
-                    to: s.to,
-                    text: s.text,
-                    timestamp_ms: chat_core::message::now_ms(),
-                    seq: *seq,
-                };
-                let lane = &lanes[lane_of(&message.to)];
-                let job = Job {
-                    message,
-                    reply_to,
-                    correlation,
-                    acker: delivery.acker,
-                };
-                if lane.send(job).is_err() {
-                    anyhow::bail!("a relay lane stopped (see its error above)");
-                }
+                let message = assign(&mut seqs, s);
+                let reply = pb::reply::Body::Send(reply_of(&message));
+                let request = Request::new(reply_to, correlation, reply, delivery.acker);
+                dispatch(&lanes, vec![message], request)?;
+                continue;
+            }
+            Some(pb::request::Body::SendBatch(b)) => {
+                let messages: Vec<_> = b.sends.into_iter().map(|s| assign(&mut seqs, s)).collect();
+                let outcomes = messages
+                    .iter()
+                    .map(|m| pb::SendOutcome {
+                        result: Some(pb::send_outcome::Result::Accepted(reply_of(m))),
+                    })
+                    .collect();
+                let reply = pb::reply::Body::SendBatch(pb::SendBatchReply { outcomes });
+                let request = Request::new(reply_to, correlation, reply, delivery.acker);
+                dispatch(&lanes, messages, request)?;
                 continue;
             }
             Some(pb::request::Body::Register(r)) => {
@@ -150,6 +177,60 @@ fn lane_of(recipient: &str) -> usize {
     (h.finish() % LANES as u64) as usize
 }
 
+/// The chat message of a send, with the recipient's next seq (assigned in
+/// delivery order).
+fn assign(seqs: &mut HashMap<String, u64>, s: pb::SendRequest) -> pb::ChatMessage {
+    let seq = seqs.entry(s.to.clone()).or_insert(0);
+    *seq += 1;
+    pb::ChatMessage {
+        id: if s.id.is_empty() {
+            MessageId::generate().to_string()
+        } else {
+            s.id
+        },
+        from: s.from,
+        to: s.to,
+        text: s.text,
+        timestamp_ms: chat_core::message::now_ms(),
+        seq: *seq,
+    }
+}
+
+fn reply_of(m: &pb::ChatMessage) -> pb::SendReply {
+    pb::SendReply {
+        id: m.id.clone(),
+        timestamp_ms: m.timestamp_ms,
+    }
+}
+
+/// Hands a request's messages to their recipients' lanes, in order.
+fn dispatch(
+    lanes: &[mpsc::UnboundedSender<Job>],
+    messages: Vec<pb::ChatMessage>,
+    mut request: Request,
+) -> anyhow::Result<()> {
+    let mut parts: Vec<(usize, Vec<pb::ChatMessage>)> = Vec::new();
+    for m in messages {
+        let lane = lane_of(&m.to);
+        match parts.iter_mut().find(|(l, _)| *l == lane) {
+            Some((_, part)) => part.push(m),
+            None => parts.push((lane, vec![m])),
+        }
+    }
+    request.parts = AtomicUsize::new(parts.len());
+    let request = Arc::new(request);
+    for (lane, messages) in parts {
+        let job = Job {
+            messages,
+            request: request.clone(),
+        };
+        if lanes[lane].send(job).is_err() {
+            anyhow::bail!("a relay lane stopped (see its error above)");
+        }
+    }
+    Ok(())
+}
+
 /// Relays the jobs of its recipients in order: forward, answer, and ack the
 /// request once the broker confirms the forward.
 async fn lane(mut jobs: mpsc::UnboundedReceiver<Job>, publish: Channel, names: Names) {
@@ -162,28 +243,43 @@ async fn lane(mut jobs: mpsc::UnboundedReceiver<Job>, publish: Channel, names: N
 }
 
 async fn relay(publish: &Channel, names: &Names, job: Job) -> anyhow::Result<()> {
-    let m = &job.message;
-    let forwarded = publish
-        .basic_publish(
-            names.deliver_exchange().into(),
-            m.to.as_str().into(),
-            BasicPublishOptions::default(),
-            &m.encode_to_vec(),
-            topology::message_properties(&m.id, m.timestamp_ms),
-        )
-        .await?;
-    let reply = pb::reply::Body::Send(pb::SendReply {
-        id: m.id.clone(),
-        timestamp_ms: m.timestamp_ms,
-    });
-    answer(publish, job.reply_to, job.correlation.as_ref(), reply).await?;
-    let acker = job.acker;
+    let mut confirms = Vec::with_capacity(job.messages.len());
+    for m in &job.messages {
+        let forwarded = publish
+            .basic_publish(
+                names.deliver_exchange().into(),
+                m.to.as_str().into(),
+                BasicPublishOptions::default(),
+                &m.encode_to_vec(),
+                topology::message_properties(&m.id, m.timestamp_ms),
+            )
+            .await?;
+        confirms.push(forwarded);
+    }
+    let request = job.request;
+    lock(&request.confirms).extend(confirms);
+    if request.parts.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return Ok(());
+    }
+    // The last part: every message of the request is published.
+    answer(
+        publish,
+        request.reply_to.clone(),
+        request.correlation.as_ref(),
+        request.reply.clone(),
+    )
+    .await?;
+    let confirms = std::mem::take(&mut *lock(&request.confirms));
     tokio::spawn(async move {
-        if forwarded.await.is_ok() {
-            let _ = acker.ack(BasicAckOptions::default()).await;
+        if futures::future::try_join_all(confirms).await.is_ok() {
+            let _ = request.acker.ack(BasicAckOptions::default()).await;
         }
     });
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Publishes a reply; its confirm is not awaited, as in the chat.
