@@ -6,6 +6,9 @@
 //! adapter keeps alive across reconnections; [`IncomingSink`] is the
 //! adapter's end of it and drops repeats by sequence number, so a message
 //! re-sent after a reconnect or a server restart is never shown twice.
+//! Acknowledgements go back to the adapter as seqs ([`AckStream`]); what a
+//! seq stands for on the wire (a cumulative ack, a delivery tag) is the
+//! adapter's business.
 
 use std::future::Future;
 
