@@ -34,7 +34,7 @@ use chat_core::backoff::Backoff;
 use chat_core::client::{AckStream, incoming_channel};
 use chat_core::send_queue::SendOutcome;
 use chat_core::{
-    Accepted, AckToken, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Incoming,
+    Accepted, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Delivered, Incoming,
     IncomingSink, Message, Secret, SendCarrier, Sends,
 };
 use chat_proto::v1 as pb;
@@ -56,6 +56,7 @@ use crate::brokers::{Brokers, Connected};
 use crate::connection::{close_connection, redact};
 use crate::error::AmqpError;
 use crate::topology::{self, Names};
+use crate::unacked::Unacked;
 
 /// How long one broker connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +154,8 @@ struct Link {
     bootstrap: bool,
     publish: Channel,
     reply_queue: ShortString,
+    /// Counts the connections of this client, so that a relogin can wait
+    /// for the link that replaces this one.
     generation: u64,
     /// Which URL of [`Shared::brokers`] this connection went to.
     node: usize,
@@ -509,6 +512,7 @@ impl Shared {
 
     /// Moves inbox deliveries to the sink and acknowledgements back to the
     /// broker, until the connection breaks or the consumer closes `Incoming`.
+    /// The delivery tags of this channel stay in this task ([`Unacked`]).
     async fn run_inbox(
         &self,
         link: &Link,
@@ -521,27 +525,22 @@ impl Shared {
         let (Some(sink), Some(acks)) = (sink_slot.as_mut(), acks_slot.as_mut()) else {
             return Ok(());
         };
+        let mut unacked = Unacked::default();
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
-                    Some(Ok(d)) => match decode_messages(&d) {
-                        Ok(messages) => {
-                            if !deliver_all(sink, messages, d.delivery_tag, link.generation).await {
-                                break;
-                            }
+                    Some(Ok(d)) => {
+                        if !take_delivery(sink, &mut unacked, ch, d).await? {
+                            break;
                         }
-                        Err(why) => {
-                            tracing::warn!("dropping a malformed message from the inbox: {why}");
-                            d.acker.ack(BasicAckOptions::default()).await?;
-                        }
-                    },
+                    }
                     Some(Err(e)) => return Err(e),
                     None => {
                         link.trigger("the broker cancelled the inbox consumer");
                         return Ok(());
                     }
                 },
-                Some(token) = acks.recv() => self.carry_ack(link, ch, token).await?,
+                Some(seq) = acks.recv() => carry_ack(ch, &mut unacked, seq).await?,
                 () = sink.closed() => break,
             }
         }
@@ -552,26 +551,11 @@ impl Shared {
         lock(&self.joined).take();
         *sink_slot = None;
         if let Some(acks) = acks_slot.as_mut() {
-            while let Some(token) = acks.recv().await {
-                self.carry_ack(link, ch, token).await?;
+            while let Some(seq) = acks.recv().await {
+                carry_ack(ch, &mut unacked, seq).await?;
             }
         }
         *acks_slot = None;
-        Ok(())
-    }
-
-    async fn carry_ack(
-        &self,
-        link: &Link,
-        ch: &Channel,
-        token: AckToken,
-    ) -> Result<(), lapin::Error> {
-        // A tag from an older connection means nothing here; the broker
-        // redelivers that message and the sink acknowledges the repeat.
-        // Tag 0: a message of a batch but its last, acknowledged with it.
-        if token.generation == link.generation && token.tag != NO_TAG {
-            ch.basic_ack(token.tag, BasicAckOptions::default()).await?;
-        }
         Ok(())
     }
 
@@ -700,27 +684,51 @@ fn taken(e: &lapin::Error) -> bool {
         if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::RESOURCELOCKED)))
 }
 
-/// The acknowledgement tag of every message of a `ChatMessageBatch` but
-/// its last: the delivery is acknowledged once, with its last message
-/// (AMQP delivery tags start at 1).
-const NO_TAG: u64 = 0;
-
-/// Hands a delivery's messages to the sink; only the last carries the
-/// delivery's tag. False once the consumer is gone.
-async fn deliver_all(
+/// Hands one inbox delivery to the sink: acknowledged at once if it holds
+/// nothing to show (malformed, or only repeats), else left to wait in
+/// `unacked` for the consumer's acknowledgement of its last message passed
+/// on. False once the consumer is gone.
+async fn take_delivery(
     sink: &mut IncomingSink,
-    messages: Vec<Message>,
-    tag: u64,
-    generation: u64,
-) -> bool {
-    let last = messages.len() - 1;
-    for (i, m) in messages.into_iter().enumerate() {
-        let tag = if i == last { tag } else { NO_TAG };
-        if !sink.deliver(m, tag, generation).await {
-            return false;
+    unacked: &mut Unacked,
+    ch: &Channel,
+    d: lapin::message::Delivery,
+) -> Result<bool, lapin::Error> {
+    let messages = match decode_messages(&d) {
+        Ok(messages) => messages,
+        Err(why) => {
+            tracing::warn!("dropping a malformed message from the inbox: {why}");
+            ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                .await?;
+            return Ok(true);
+        }
+    };
+    let mut last_passed = None;
+    for m in messages {
+        let seq = m.seq;
+        match sink.deliver(m).await {
+            Delivered::Passed => last_passed = Some(seq),
+            Delivered::Repeat => unacked.repeat(seq),
+            // Not acknowledged: what was not passed on comes again.
+            Delivered::Closed => return Ok(false),
         }
     }
-    true
+    match last_passed {
+        Some(seq) => unacked.wait_for(seq, d.delivery_tag),
+        None => {
+            ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                .await?
+        }
+    }
+    Ok(true)
+}
+
+/// Acknowledges to the broker the delivery that `seq` releases, if any.
+async fn carry_ack(ch: &Channel, unacked: &mut Unacked, seq: u64) -> Result<(), lapin::Error> {
+    if let Some(tag) = unacked.acked(seq) {
+        ch.basic_ack(tag, BasicAckOptions::default()).await?;
+    }
+    Ok(())
 }
 
 /// The chat messages in one inbox delivery: a `ChatMessage`, or several

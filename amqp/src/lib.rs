@@ -22,6 +22,7 @@ pub mod error;
 mod request;
 pub mod server;
 pub mod topology;
+mod unacked;
 
 pub use broker_users::BrokerAuth;
 pub use client::AmqpClient;

@@ -366,8 +366,8 @@ async fn unacknowledged_messages_come_back_after_a_cut_but_show_once() {
         }
     }
     proxy.cut();
-    // Acked only now, under the old connection's tags: ignored by the
-    // adapter, so the redeliveries are dropped (and acked) by seq.
+    // Acked only now: seqs the new channel holds no delivery for, so
+    // they release nothing; the redeliveries are dropped (and acked) by seq.
     for d in held {
         d.ack();
     }

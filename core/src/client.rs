@@ -6,6 +6,9 @@
 //! adapter keeps alive across reconnections; [`IncomingSink`] is the
 //! adapter's end of it and drops repeats by sequence number, so a message
 //! re-sent after a reconnect or a server restart is never shown twice.
+//! Acknowledgements go back to the adapter as seqs ([`AckStream`]); what a
+//! seq stands for on the wire (a cumulative ack, a delivery tag) is the
+//! adapter's business.
 
 use std::future::Future;
 
@@ -143,30 +146,18 @@ impl From<crate::error::ChatError> for ClientError {
     }
 }
 
-/// What the adapter needs to acknowledge one delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AckToken {
-    /// The message's per-recipient seq (gRPC acknowledges cumulatively by it).
-    pub seq: u64,
-    /// A transport tag (AMQP delivery tag; unused by gRPC).
-    pub tag: u64,
-    /// Which connection the tag belongs to (a tag is only valid there).
-    pub generation: u64,
-}
-
 /// An incoming message, to be acknowledged once it has been shown/handled.
 /// Unacknowledged messages come again after a reconnect.
 #[derive(Debug)]
 pub struct Delivery {
     pub message: Message,
-    token: AckToken,
-    acks: mpsc::UnboundedSender<AckToken>,
+    acks: mpsc::UnboundedSender<u64>,
 }
 
 impl Delivery {
     /// Acknowledges this message (it will not be delivered again).
     pub fn ack(self) {
-        let _ = self.acks.send(self.token);
+        let _ = self.acks.send(self.message.seq);
     }
 }
 
@@ -220,30 +211,50 @@ impl Incoming {
     }
 }
 
-/// The adapter's stream of acknowledgements to carry to its transport. It
+/// The adapter's stream of acknowledgements to carry to its transport: the
+/// seq of each message acknowledged, by the consumer or by the sink itself
+/// (a repeat, see [`Delivered::Repeat`]). What a seq stands for on the wire
+/// (a cumulative ack, a delivery to release) is the adapter's business. It
 /// ends once the consumer is gone and every delivery was acknowledged or
 /// dropped; dropping it tells [`Incoming::close`] that all were carried.
 #[derive(Debug)]
 pub struct AckStream {
-    rx: mpsc::UnboundedReceiver<AckToken>,
+    rx: mpsc::UnboundedReceiver<u64>,
     _flushed: oneshot::Sender<()>,
 }
 
 impl AckStream {
-    pub async fn recv(&mut self) -> Option<AckToken> {
+    /// The seq of the next acknowledged message; `None` once none can come.
+    pub async fn recv(&mut self) -> Option<u64> {
         self.rx.recv().await
     }
 
-    pub fn try_recv(&mut self) -> Option<AckToken> {
+    /// The seq of an acknowledged message, if one is waiting already.
+    pub fn try_recv(&mut self) -> Option<u64> {
         self.rx.try_recv().ok()
     }
+}
+
+/// What [`IncomingSink::deliver`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Passed on to the consumer, who acknowledges it once shown.
+    Passed,
+    /// A repeat (its seq was passed on already): dropped, and acknowledged
+    /// by the sink on the [`AckStream`] straight away (even if the consumer
+    /// is gone meanwhile). An adapter that releases deliveries by seq must
+    /// not take that acknowledgement for the consumer's own one of the
+    /// first copy.
+    Repeat,
+    /// The consumer is gone; nothing was passed on.
+    Closed,
 }
 
 /// The adapter's end of [`Incoming`].
 #[derive(Debug)]
 pub struct IncomingSink {
     tx: mpsc::Sender<IncomingEvent>,
-    acks: mpsc::UnboundedSender<AckToken>,
+    acks: mpsc::UnboundedSender<u64>,
     last_seq: u64,
 }
 
@@ -270,19 +281,13 @@ pub fn incoming_channel(after_seq: u64) -> (IncomingSink, Incoming, AckStream) {
 
 impl IncomingSink {
     /// Passes `message` on, unless its seq was passed on already, in which
-    /// case it is acknowledged straight away and dropped. Returns `false`
-    /// once the consumer is gone.
+    /// case it is acknowledged straight away and dropped (see [`Delivered`]).
     ///
     /// Neither case is silent: a repeat and a gap (a seq above the next one
     /// expected) are both logged at warn with the two numbers, so a message
     /// that was not shown can always be traced. A gap from 0 is not one:
     /// earlier seqs were shown by an earlier run of this client.
-    pub async fn deliver(&mut self, message: Message, tag: u64, generation: u64) -> bool {
-        let token = AckToken {
-            seq: message.seq,
-            tag,
-            generation,
-        };
+    pub async fn deliver(&mut self, message: Message) -> Delivered {
         if message.seq <= self.last_seq {
             tracing::warn!(
                 seq = message.seq,
@@ -291,8 +296,8 @@ impl IncomingSink {
                 message.seq,
                 self.last_seq
             );
-            let _ = self.acks.send(token);
-            return !self.tx.is_closed();
+            let _ = self.acks.send(message.seq);
+            return Delivered::Repeat;
         }
         if self.last_seq > 0 && message.seq > self.last_seq + 1 {
             tracing::warn!(
@@ -306,10 +311,12 @@ impl IncomingSink {
         self.last_seq = message.seq;
         let delivery = Delivery {
             message,
-            token,
             acks: self.acks.clone(),
         };
-        self.tx.send(IncomingEvent::Message(delivery)).await.is_ok()
+        match self.tx.send(IncomingEvent::Message(delivery)).await {
+            Ok(()) => Delivered::Passed,
+            Err(_) => Delivered::Closed,
+        }
     }
 
     /// Reports a connection change. Returns `false` once the consumer is gone.
@@ -372,13 +379,19 @@ mod tests {
         }
     }
 
+    fn acked(acks: &mut AckStream) -> Vec<u64> {
+        std::iter::from_fn(|| acks.try_recv()).collect()
+    }
+
     #[tokio::test]
     async fn repeats_are_dropped_and_acknowledged() {
         let (mut sink, mut incoming, mut acks) = incoming_channel(0);
-        assert!(sink.deliver(msg(1), 10, 1).await);
-        assert!(sink.deliver(msg(2), 11, 1).await);
-        assert!(sink.deliver(msg(1), 12, 2).await); // repeat after a reconnect
-        assert!(sink.deliver(msg(3), 13, 2).await);
+        assert_eq!(sink.deliver(msg(1)).await, Delivered::Passed);
+        assert_eq!(sink.deliver(msg(2)).await, Delivered::Passed);
+        // a repeat after a reconnect, before the consumer acknowledged seq 1
+        assert_eq!(sink.deliver(msg(1)).await, Delivered::Repeat);
+        assert_eq!(acked(&mut acks), [1], "the sink acknowledged the repeat");
+        assert_eq!(sink.deliver(msg(3)).await, Delivered::Passed);
         let mut seen = Vec::new();
         for _ in 0..3 {
             match incoming.recv().await {
@@ -390,35 +403,34 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 2, 3]);
-        let mut tokens = Vec::new();
-        while let Some(t) = acks.try_recv() {
-            tokens.push((t.seq, t.tag));
-        }
-        // the repeat was acknowledged by the sink itself, under its own tag
-        assert_eq!(tokens, vec![(1, 12), (1, 10), (2, 11), (3, 13)]);
+        assert!(incoming.try_recv().is_none(), "the repeat was not shown");
+        assert_eq!(acked(&mut acks), [1, 2, 3], "the consumer's own acks");
         assert_eq!(sink.last_seq(), 3);
         drop(incoming);
-        assert!(!sink.deliver(msg(4), 14, 2).await);
+        assert_eq!(sink.deliver(msg(4)).await, Delivered::Closed);
+        // a repeat is still acknowledged once the consumer is gone
+        assert_eq!(sink.deliver(msg(2)).await, Delivered::Repeat);
+        assert_eq!(acked(&mut acks), [2]);
     }
 
     #[tokio::test]
     async fn seqs_shown_by_an_earlier_run_are_acknowledged_not_shown() {
         let (mut sink, mut incoming, mut acks) = incoming_channel(2);
-        assert!(sink.deliver(msg(2), 10, 1).await); // shown before a crash, never acked
-        assert!(sink.deliver(msg(3), 11, 1).await);
+        // shown before a crash, never acked
+        assert_eq!(sink.deliver(msg(2)).await, Delivered::Repeat);
+        assert_eq!(sink.deliver(msg(3)).await, Delivered::Passed);
         match incoming.recv().await {
             Some(IncomingEvent::Message(d)) => assert_eq!(d.message.seq, 3),
             other => panic!("unexpected {other:?}"),
         }
-        let t = acks.try_recv().expect("the repeat was acknowledged");
-        assert_eq!((t.seq, t.tag), (2, 10));
+        assert_eq!(acked(&mut acks), [2], "the repeat was acknowledged");
     }
 
     #[tokio::test]
     async fn a_gap_is_passed_on() {
         let (mut sink, mut incoming, _acks) = incoming_channel(0);
-        assert!(sink.deliver(msg(1), 10, 1).await);
-        assert!(sink.deliver(msg(4), 11, 1).await); // 2 and 3 missing
+        assert_eq!(sink.deliver(msg(1)).await, Delivered::Passed);
+        assert_eq!(sink.deliver(msg(4)).await, Delivered::Passed); // 2 and 3 missing
         let mut seen = Vec::new();
         for _ in 0..2 {
             match incoming.recv().await {

@@ -25,7 +25,7 @@ pub mod send_queue;
 pub mod server;
 
 pub use client::{
-    Accepted, AckStream, AckToken, ChatClient, ClientError, ConnectionState, Delivery, Incoming,
+    Accepted, AckStream, ChatClient, ClientError, ConnectionState, Delivered, Delivery, Incoming,
     IncomingEvent, IncomingSink,
 };
 pub use error::{ChatError, ErrorCode};

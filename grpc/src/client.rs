@@ -15,8 +15,8 @@ use std::time::Duration;
 use chat_core::backoff::Backoff;
 use chat_core::client::incoming_channel;
 use chat_core::{
-    Accepted, AckStream, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, ErrorCode,
-    Incoming, IncomingSink, Message, Secret, Sends,
+    Accepted, AckStream, ChatClient, ClientError, ClientId, ClientInfo, ConnectionState, Delivered,
+    ErrorCode, Incoming, IncomingSink, Message, Secret, Sends,
 };
 use chat_proto::v1 as pb;
 use pb::chat_client::ChatClient as RpcClient;
@@ -246,7 +246,7 @@ impl GrpcClient {
                 match next {
                     Ok(Some(m)) => match Message::from_proto(m) {
                         Ok(m) => {
-                            if !sink.deliver(m, 0, 0).await {
+                            if sink.deliver(m).await == Delivered::Closed {
                                 return;
                             }
                         }
@@ -295,12 +295,12 @@ impl GrpcClient {
         const LAST_ATTEMPTS: u32 = 5;
         let mut backoff = Backoff::new();
         while let Some(first) = acks.recv().await {
-            let mut up_to = first.seq;
+            let mut up_to = first;
             let mut open = true;
             let mut attempts_left = LAST_ATTEMPTS;
             loop {
                 while let Some(t) = acks.try_recv() {
-                    up_to = up_to.max(t.seq);
+                    up_to = up_to.max(t);
                 }
                 let request = pb::AckRequest {
                     client_id: self.id.to_string(),
@@ -317,7 +317,7 @@ impl GrpcClient {
                     tokio::select! {
                         () = backoff.wait() => {}
                         t = acks.recv() => match t {
-                            Some(t) => up_to = up_to.max(t.seq),
+                            Some(t) => up_to = up_to.max(t),
                             None => open = false,
                         },
                     }

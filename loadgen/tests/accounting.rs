@@ -80,7 +80,7 @@ impl Hub {
             timestamp_ms: 0,
             seq,
         };
-        sink.deliver(m, 0, 0).await;
+        sink.deliver(m).await;
     }
 }
 
