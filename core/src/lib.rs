@@ -31,4 +31,4 @@ pub use id::{ClientId, MessageId};
 pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message, Receipt, SendCommand};
-pub use server::{Admitted, ChatServer, Outgoing, ServerConfig, Session};
+pub use server::{Admitted, ChatServer, Online, Outgoing, ServerConfig, Session};
