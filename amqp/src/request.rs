@@ -35,7 +35,9 @@ pub(crate) fn decode(
         .map(|a| Credentials::new(a.client_id, a.secret))
         .unwrap_or_default();
     let body = request.body.ok_or_else(|| {
-        ChatError::Malformed("request has no body (register, send, list_clients or history)".into())
+        ChatError::Malformed(
+            "request has no body (register, send, list_clients, history or join)".into(),
+        )
     })?;
     Ok((body, creds))
 }
@@ -94,10 +96,12 @@ mod tests {
                     pb::SendRequest { id, from, to, text }
                 )),
             Just(pb::request::Body::ListClients(pb::ListClientsRequest {})),
-            id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
-                client_id,
-                ..Default::default()
-            })),
+            id.clone()
+                .prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
+                    client_id,
+                    ..Default::default()
+                })),
+            id.prop_map(|client_id| pb::request::Body::Join(pb::JoinRequest { client_id })),
         ];
         let auth = prop::option::of(
             (
@@ -126,6 +130,11 @@ mod tests {
             pb::request::Body::ListClients(_) => {
                 server.list();
                 Ok(())
+            }
+            pb::request::Body::Join(j) => {
+                let principal = server.authenticate(&creds)?;
+                principal.acting_as(&j.client_id)?;
+                server.went_online(principal.id()).map(drop)
             }
             pb::request::Body::History(h) => {
                 let principal = server.authenticate(&creds)?;

@@ -187,7 +187,12 @@ impl Names {
 
     /// The durable inbox of one client.
     pub fn client_queue(&self, id: &ClientId) -> String {
-        format!("{}.client.{}", self.ns, id)
+        format!("{}{id}", self.client_queue_prefix())
+    }
+
+    /// What every client's inbox name starts with (the ID follows).
+    pub fn client_queue_prefix(&self) -> String {
+        format!("{}.client.", self.ns)
     }
 }
 
