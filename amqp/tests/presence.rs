@@ -142,3 +142,47 @@ async fn a_join_without_consuming_the_inbox_is_refused() {
     peer.close().await;
     server.stop().await;
 }
+
+/// The plugin's exchange lives in one vhost (`/` by default): a server on
+/// another vhost meets a broker without consumer events, as one without the
+/// plugin, and must refuse to start saying how to enable it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_consumer_events_refuses_to_start_and_says_why() {
+    require_management().await;
+    let api = chat_amqp::broker_users::Management::new(&management_url()).unwrap();
+    let vhost = format!(
+        "test-no-events-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    api.put_vhost(&vhost).await.unwrap();
+    let broker = amqp_url();
+    let uri: lapin::uri::AMQPUri = broker.parse().unwrap();
+    let all = chat_amqp::broker_users::Permissions {
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    };
+    let user = &uri.authority.userinfo.username;
+    api.set_permissions(&vhost, user, &all).await.unwrap();
+    let (base, _) = broker.rsplit_once('/').unwrap();
+    let query = broker
+        .split_once('?')
+        .map_or(String::new(), |(_, q)| format!("?{q}"));
+    let url = format!("{base}/{vhost}{query}");
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_amqp-server"))
+        .args(["--amqp-url", &url, "--namespace", "no-events"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await;
+    api.delete_vhost(&vhost).await.unwrap();
+    let out = out.expect("the server gave up").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("amq.rabbitmq.event")
+            && stderr.contains("rabbitmq-plugins enable rabbitmq_event_exchange"),
+        "{stderr}"
+    );
+}
