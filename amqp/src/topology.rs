@@ -347,8 +347,9 @@ async fn declare_direct_exchange(ch: &Channel, name: &str) -> Result<(), AmqpErr
 
 /// Declares (idempotently) a client's durable inbox and binds it to the
 /// delivery exchange under the client's ID. The returned [`Queue`] carries
-/// the consumer count, which is how the server tells whether the client is
-/// online (a client consumes its inbox with an exclusive consumer).
+/// the consumer count, which is how the server checks with the broker
+/// whether the client is online (a client consumes its inbox with an
+/// exclusive consumer; see `server::presence`).
 pub async fn declare_client_queue(
     ch: &Channel,
     names: &Names,

@@ -35,8 +35,12 @@
 //!
 //! The modules follow the parts: this one owns the connection's life
 //! (connect, set up, serve, reconnect); `dispatch` decodes and answers
-//! requests; `forwarder` and `recount` are the generation's two
-//! background tasks; `generation` is what they share.
+//! requests; `forwarder` and `recount` are the generation's background
+//! tasks, with the event watcher of `presence` (who is online, in
+//! chat-core, following the broker's consumers); `generation` is what
+//! they share. A generation starts with `recount::survey`, which reads
+//! every client queue once (depth and consumers) before requests and
+//! events are served.
 //!
 //! `--max-pending` holds here as on gRPC: a message confirmed into a
 //! recipient's queue still counts until the recipient consumed it. The
