@@ -493,12 +493,7 @@ impl Shared {
     fn start_inbox(self: &Arc<Self>, link: &Arc<Link>, inbox: Inbox, joined: Joined) {
         let me = self.clone();
         let l = link.clone();
-        link.spawn(async move {
-            let Inbox { ch, mut consumer } = inbox;
-            if let Err(e) = me.run_inbox(&l, &ch, &mut consumer, joined).await {
-                l.trigger(e);
-            }
-        });
+        link.spawn(async move { me.drive_inbox(&l, inbox, joined).await });
     }
 
     /// After a reconnection: joins again (so the server lists the client
@@ -515,11 +510,16 @@ impl Shared {
             }
             // Said before the inbox takes the sink for itself.
             joined.state(ConnectionState::Connected).await;
-            let Inbox { ch, mut consumer } = inbox;
-            if let Err(e) = me.run_inbox(&l, &ch, &mut consumer, joined).await {
-                l.trigger(e);
-            }
+            me.drive_inbox(&l, inbox, joined).await;
         });
+    }
+
+    /// Runs the inbox; a broker failure ends the link.
+    async fn drive_inbox(&self, link: &Link, inbox: Inbox, joined: Joined) {
+        let Inbox { ch, mut consumer } = inbox;
+        if let Err(e) = self.run_inbox(link, &ch, &mut consumer, joined).await {
+            link.trigger(e);
+        }
     }
 
     /// Moves inbox deliveries to the sink and acknowledgements back to the
