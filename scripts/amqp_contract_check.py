@@ -154,8 +154,15 @@ class PyClient:
         self.consume_inbox()
 
     def consume_inbox(self):
+        """Consumes the inbox, then says so with `join` (docs: Receiving
+        messages): from its reply on, list_clients shows this client online."""
         self.ch.basic_qos(prefetch_count=256)
         self.ch.basic_consume(f"{self.ns}.client.{self.id}", self._on_message, exclusive=True)
+        self.send_join()
+
+    def send_join(self):
+        reply = self.request(join=self.pb.JoinRequest(client_id=self.id))
+        assert reply.WhichOneof("body") == "join", reply
 
     def _on_message(self, ch, method, props, body):
         # One ChatMessage, or several in a ChatMessageBatch: decode by type.
@@ -403,10 +410,16 @@ def check_coming_back(pb, py):
     sender = PyClient(pb, "back-" + uuid.uuid4().hex[:6])
     sender.join()
     sender.send(py.id, "while you were away")
+    wait_listed(sender, py.id, False)
+    check(True, "a client whose connection closed is listed offline")
     back = PyClient(pb, py.id, secret=py.secret)
+    reply = back.request(join=pb.JoinRequest(client_id=py.id))
+    check(reply.WhichOneof("body") == "error"
+          and reply.error.code == pb.ErrorCode.Value("INVALID_ARGUMENT"),
+          f"join before consuming the inbox is refused: {reply.error.message!r}")
     back.last_seq = last  # the seq rule: what it had shown before
-    back.ch.basic_qos(prefetch_count=256)
-    back.ch.basic_consume(f"{NS}.client.{py.id}", back._on_message, exclusive=True)
+    back.consume_inbox()
+    check(listed(sender, py.id), "consuming again and joining lists it online at once")
     deadline = time.time() + WAIT
     while not any(m.text == "while you were away" for m in back.inbox):
         if time.time() > deadline:
@@ -420,6 +433,22 @@ def check_coming_back(pb, py):
           "register while consuming says ALREADY_EXISTS (so do not re-register)")
     back.close()
     sender.close()
+
+
+def listed(asker, client_id):
+    """Whether list_clients, asked by `asker`, shows `client_id` online."""
+    reply = asker.request(list_clients=asker.pb.ListClientsRequest())
+    return {c.id: c.online for c in reply.list_clients.clients}.get(client_id, False)
+
+
+def wait_listed(asker, client_id, online):
+    """Waits until list_clients shows `client_id` with `online` (going
+    offline reaches the server through the broker's events: eventually)."""
+    deadline = time.time() + WAIT
+    while listed(asker, client_id) != online:
+        if time.time() > deadline:
+            raise AssertionError(f"{client_id} never listed with online={online}")
+        time.sleep(0.1)
 
 
 def check_reply_to_refused(pb, ns, login, victim="rusty"):
@@ -519,7 +548,7 @@ def check_per_client(pb, env, tmp, procs):
 
     py = PyClient(pb, me, secret, ns=NS2, login=own)
     py.consume_inbox()
-    check(True, "[per-client] logged in again as its own user, consumes its inbox")
+    check(listed(py, me), "[per-client] logged in again as its own user, consumes its inbox, joined")
 
     listener = subprocess.Popen(
         [BIN / "amqp-client", "--id", "rusty2", "--json", "listen",

@@ -8,6 +8,9 @@
 # need RabbitMQ's management API at $CHAT_AMQP_MANAGEMENT_URL (default
 # http://guest:guest@<broker host>:15672): on a local broker this script
 # enables the plugin (online, no restart) when the API does not answer.
+# Every amqp-server needs RabbitMQ's event exchange plugin (it learns from
+# it when a client goes offline): on a local broker this script enables
+# rabbitmq_event_exchange the same way when the broker lacks its exchange.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -116,6 +119,43 @@ else
     say "WARNING: the RabbitMQ management API does not answer at $redacted_mgmt:"
     say "  the tests of per-client broker users (amqp/tests/broker_users.rs, the per_client e2e scenarios) will FAIL."
     say "  Enable it on the broker (rabbitmq-plugins enable rabbitmq_management) or set CHAT_AMQP_MANAGEMENT_URL."
+  fi
+fi
+
+# True when the broker has the exchange of the event exchange plugin
+# (amq.rabbitmq.event in the default vhost), asked through the management API.
+events_answer() {
+  timeout 10 python3 - "$CHAT_AMQP_MANAGEMENT_URL" <<'PY' >/dev/null 2>&1
+import base64, sys, urllib.parse, urllib.request
+u = urllib.parse.urlsplit(sys.argv[1])
+req = urllib.request.Request(f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}/api/exchanges/%2F/amq.rabbitmq.event")
+auth = f"{urllib.parse.unquote(u.username or '')}:{urllib.parse.unquote(u.password or '')}"
+req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+urllib.request.urlopen(req, timeout=5).read()
+PY
+}
+
+if events_answer; then
+  say "the broker publishes consumer events (rabbitmq_event_exchange is enabled)"
+else
+  case "$host" in
+    127.0.0.1 | localhost)
+      if command -v rabbitmq-plugins >/dev/null 2>&1; then
+        say "the broker has no exchange amq.rabbitmq.event; enabling it: rabbitmq-plugins enable rabbitmq_event_exchange"
+        rabbitmq-plugins enable rabbitmq_event_exchange >/dev/null || true
+        for _ in $(seq 1 15); do
+          events_answer && break
+          sleep 2
+        done
+      fi
+      ;;
+  esac
+  if events_answer; then
+    say "the broker publishes consumer events (rabbitmq_event_exchange is enabled)"
+  else
+    say "WARNING: no exchange amq.rabbitmq.event found through $redacted_mgmt:"
+    say "  every amqp-server refuses to start without it, so the AMQP tests will FAIL."
+    say "  Enable it on the broker: rabbitmq-plugins enable rabbitmq_event_exchange"
   fi
 fi
 

@@ -337,6 +337,22 @@ impl Management {
         self.expect_ok(&format!("deleting broker user {user}"), status, &text)
     }
 
+    /// Creates a virtual host (tests: a vhost without the event exchange).
+    pub async fn put_vhost(&self, vhost: &str) -> Result<(), AmqpError> {
+        let (status, text) = self.call(Method::PUT, &["vhosts", vhost], None).await?;
+        self.expect_ok(&format!("creating vhost {vhost:?}"), status, &text)
+    }
+
+    /// Deletes a virtual host and everything in it; one that is not there
+    /// is fine.
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), AmqpError> {
+        let (status, text) = self.call(Method::DELETE, &["vhosts", vhost], None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        self.expect_ok(&format!("deleting vhost {vhost:?}"), status, &text)
+    }
+
     /// Names of every user on the broker.
     pub async fn users(&self) -> Result<Vec<String>, AmqpError> {
         let (status, body) = self.call(Method::GET, &["users"], None).await?;

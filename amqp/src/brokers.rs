@@ -49,6 +49,8 @@ pub struct Connected {
     pub index: usize,
     /// The URL without its password, for logs.
     pub url: String,
+    /// The virtual host of that URL.
+    pub vhost: String,
 }
 
 impl Brokers {
@@ -163,6 +165,7 @@ impl Brokers {
                     url: redact(raw),
                     reason,
                 });
+            let vhost = uri.as_ref().map(|u| u.vhost.clone()).unwrap_or_default();
             let attempt = async {
                 Ok::<_, AmqpError>(
                     Connection::connect_uri(uri?, connection_properties(name)).await?,
@@ -171,7 +174,12 @@ impl Brokers {
             match bounded("connecting (AMQP handshake)", &url, bound, attempt).await {
                 Ok(conn) => {
                     self.first.store(index, Ordering::Relaxed);
-                    return Ok(Connected { conn, index, url });
+                    return Ok(Connected {
+                        conn,
+                        index,
+                        url,
+                        vhost,
+                    });
                 }
                 Err(e) => {
                     if self.urls.len() > 1 {

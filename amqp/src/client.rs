@@ -9,7 +9,10 @@
 //! Online means "consumes its inbox": the exclusive consumer is what makes
 //! a second client with the same ID fail even if it raced past the server's
 //! check at registration, and the broker drops the consumer the moment the
-//! connection dies (kill -9 included), so the server never has stale state.
+//! connection dies (kill -9 included). After each successful consume (the
+//! first, and every one after a reconnection) the client sends a `join`
+//! request; the server lists it online from its answer on, and offline
+//! once the broker reports the consumer gone (see `server::presence`).
 //!
 //! Every request carries the client's ID and secret in its `auth` field
 //! (added in [`Shared::request`], the one place requests are built).
@@ -146,6 +149,12 @@ impl Joined {
     }
 }
 
+/// The inbox consumed on one connection, not yet handed to its task.
+struct Inbox {
+    ch: Channel,
+    consumer: lapin::Consumer,
+}
+
 /// One broker connection and what hangs off it.
 struct Link {
     conn: Connection,
@@ -268,7 +277,12 @@ impl Shared {
     /// ever ran) and the reply queue.
     async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, AmqpError> {
         let name = format!("amqp-client {}/{}", self.names.namespace(), self.id);
-        let (Connected { conn, index, url }, bootstrap) = self.connect_broker(&name).await?;
+        let (
+            Connected {
+                conn, index, url, ..
+            },
+            bootstrap,
+        ) = self.connect_broker(&name).await?;
         tracing::debug!(broker = %url, bootstrap, "connected");
         let publish = conn.create_channel().await?;
         publish
@@ -453,15 +467,10 @@ impl Shared {
         }
     }
 
-    /// Starts consuming the inbox on `link` (and says `Connected` if
-    /// `announce`: after a reconnection). `Err(None)`: the ID is online
-    /// elsewhere; `Err(Some(e))`: a broker failure.
-    async fn open_inbox(
-        self: &Arc<Self>,
-        link: &Arc<Link>,
-        joined: Joined,
-        announce: bool,
-    ) -> Result<(), Option<AmqpError>> {
+    /// Starts consuming the inbox on `link`; [`Self::run_inbox`] moves
+    /// what arrives once the server has answered the join. `Err(None)`:
+    /// the ID is online elsewhere; `Err(Some(e))`: a broker failure.
+    async fn open_inbox(&self, link: &Link) -> Result<Inbox, Option<AmqpError>> {
         if link.bootstrap {
             return Err(Some(AmqpError::Config(format!(
                 "client {} has no broker user (the broker refuses its login): register again, with an amqp-server in --broker-auth per-client mode",
@@ -491,23 +500,56 @@ impl Shared {
                 .await?;
             Ok::<_, AmqpError>((ch, consumer))
         };
-        let (ch, mut consumer) = match setup.await {
-            Ok(x) => x,
-            Err(AmqpError::Broker(e)) if taken(&e) => return Err(None),
-            Err(e) => return Err(Some(e)),
-        };
-        if announce {
-            // Said before the task below takes the sink for itself.
-            joined.state(ConnectionState::Connected).await;
+        match setup.await {
+            Ok((ch, consumer)) => Ok(Inbox { ch, consumer }),
+            Err(AmqpError::Broker(e)) if taken(&e) => Err(None),
+            Err(e) => Err(Some(e)),
         }
+    }
+
+    /// Tells the server that this connection consumes the inbox now, so
+    /// that it lists the client online; returns once it answered.
+    async fn send_join(&self) -> Result<(), ClientError> {
+        let join = pb::request::Body::Join(pb::JoinRequest {
+            client_id: self.id.to_string(),
+        });
+        match self.request(join).await? {
+            pb::reply::Body::Join(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Hands the inbox to a task of `link` that runs it.
+    fn start_inbox(self: &Arc<Self>, link: &Arc<Link>, inbox: Inbox, joined: Joined) {
+        let me = self.clone();
+        let l = link.clone();
+        link.spawn(async move { me.drive_inbox(&l, inbox, joined).await });
+    }
+
+    /// After a reconnection: joins again (so the server lists the client
+    /// online before anything new shows), says `Connected` and runs the
+    /// inbox. A join the server does not answer (none runs) is logged and
+    /// the inbox runs anyway: the server reads the consumer back when it
+    /// starts.
+    fn rejoin(self: &Arc<Self>, link: &Arc<Link>, inbox: Inbox, joined: Joined) {
         let me = self.clone();
         let l = link.clone();
         link.spawn(async move {
-            if let Err(e) = me.run_inbox(&l, &ch, &mut consumer, joined).await {
-                l.trigger(e);
+            if let Err(e) = me.send_join().await {
+                tracing::warn!("back online, but the server did not confirm the join: {e}");
             }
+            // Said before the inbox takes the sink for itself.
+            joined.state(ConnectionState::Connected).await;
+            me.drive_inbox(&l, inbox, joined).await;
         });
-        Ok(())
+    }
+
+    /// Runs the inbox; a broker failure ends the link.
+    async fn drive_inbox(&self, link: &Link, inbox: Inbox, joined: Joined) {
+        let Inbox { ch, mut consumer } = inbox;
+        if let Err(e) = self.run_inbox(link, &ch, &mut consumer, joined).await {
+            link.trigger(e);
+        }
     }
 
     /// Moves inbox deliveries to the sink and acknowledgements back to the
@@ -603,9 +645,10 @@ impl Shared {
                 }
             };
             let rejoin = self.joined().filter(|_| !link.bootstrap);
+            let mut reopened = None;
             if let Some(j) = rejoin {
-                match self.open_inbox(&link, j.clone(), true).await {
-                    Ok(()) => {}
+                match self.open_inbox(&link).await {
+                    Ok(inbox) => reopened = Some((inbox, j)),
                     Err(None) => {
                         let reason = format!("client {} is online elsewhere now", self.id);
                         tracing::warn!("{reason}");
@@ -637,6 +680,9 @@ impl Shared {
             }
             for (corr, body) in again {
                 self.publish_request(&link, &corr, &body).await;
+            }
+            if let Some((inbox, joined)) = reopened {
+                self.rejoin(&link, inbox, joined);
             }
             if link.bootstrap && self.joined().is_some() {
                 // Joined, but the broker refuses our own login: the user is
@@ -835,18 +881,31 @@ impl ChatClient for AmqpClient {
         // Published before the consumer starts, so that a reconnection
         // racing with this join re-opens the inbox too.
         *lock(&s.joined) = Some(joined.clone());
-        match s.open_inbox(&link, joined.clone(), false).await {
-            Ok(()) => Ok(incoming),
+        let inbox = match s.open_inbox(&link).await {
+            Ok(inbox) => inbox,
             Err(None) => {
                 lock(&s.joined).take();
-                Err(chat_core::ChatError::AlreadyOnline(s.id.clone()).into())
+                return Err(chat_core::ChatError::AlreadyOnline(s.id.clone()).into());
             }
             Err(Some(e)) => {
                 lock(&s.joined).take();
                 link.trigger(&e);
-                Err(s.unavailable(e))
+                return Err(s.unavailable(e));
             }
+        };
+        // Online once the server says so: a list that follows shows it.
+        if let Err(e) = s.send_join().await {
+            lock(&s.joined).take();
+            let cancel = inbox
+                .ch
+                .basic_cancel(s.id.as_str().into(), BasicCancelOptions::default());
+            if let Err(why) = cancel.await {
+                link.trigger(why);
+            }
+            return Err(e);
         }
+        s.start_inbox(&link, inbox, joined);
+        Ok(incoming)
     }
 
     async fn send(&self, to: &ClientId, text: &str) -> Result<Accepted, ClientError> {

@@ -58,6 +58,12 @@ pub enum AmqpError {
     /// Per-client broker users are on, but the server lacks what it needs.
     #[error("{0}")]
     Config(String),
+    /// The broker does not publish consumer events: the server could not
+    /// see clients go offline.
+    #[error(
+        "the broker at {url} has no exchange amq.rabbitmq.event in vhost {vhost:?}: the amqp-server needs RabbitMQ's event exchange plugin to see clients go offline; enable it with `rabbitmq-plugins enable rabbitmq_event_exchange` (online, no restart; on every node of a cluster). The plugin publishes into the default vhost \"/\" unless its setting event_exchange.vhost names another: the server must use that vhost"
+    )]
+    EventsMissing { url: String, vhost: String },
     /// The broker answered, but the chat server is not there.
     #[error("{0}")]
     Unhealthy(String),

@@ -36,7 +36,8 @@ pub(crate) fn decode(
         .unwrap_or_default();
     let body = request.body.ok_or_else(|| {
         ChatError::Malformed(
-            "request has no body (register, send, send_batch, list_clients or history)".into(),
+            "request has no body (register, send, send_batch, list_clients, history or join)"
+                .into(),
         )
     })?;
     Ok((body, creds))
@@ -97,10 +98,12 @@ mod tests {
             prop::collection::vec(send, 0..4)
                 .prop_map(|sends| pb::request::Body::SendBatch(pb::SendBatchRequest { sends })),
             Just(pb::request::Body::ListClients(pb::ListClientsRequest {})),
-            id.prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
-                client_id,
-                ..Default::default()
-            })),
+            id.clone()
+                .prop_map(|client_id| pb::request::Body::History(pb::HistoryRequest {
+                    client_id,
+                    ..Default::default()
+                })),
+            id.prop_map(|client_id| pb::request::Body::Join(pb::JoinRequest { client_id })),
         ];
         let auth = prop::option::of(
             (
@@ -144,6 +147,11 @@ mod tests {
             pb::request::Body::ListClients(_) => {
                 server.list();
                 Ok(())
+            }
+            pb::request::Body::Join(j) => {
+                let principal = server.authenticate(&creds)?;
+                principal.acting_as(&j.client_id)?;
+                server.went_online(principal.id()).map(drop)
             }
             pb::request::Body::History(h) => {
                 let principal = server.authenticate(&creds)?;

@@ -187,7 +187,12 @@ impl Names {
 
     /// The durable inbox of one client.
     pub fn client_queue(&self, id: &ClientId) -> String {
-        format!("{}.client.{}", self.ns, id)
+        format!("{}{id}", self.client_queue_prefix())
+    }
+
+    /// What every client's inbox name starts with (the ID follows).
+    pub fn client_queue_prefix(&self) -> String {
+        format!("{}.client.", self.ns)
     }
 }
 
@@ -342,8 +347,9 @@ async fn declare_direct_exchange(ch: &Channel, name: &str) -> Result<(), AmqpErr
 
 /// Declares (idempotently) a client's durable inbox and binds it to the
 /// delivery exchange under the client's ID. The returned [`Queue`] carries
-/// the consumer count, which is how the server tells whether the client is
-/// online (a client consumes its inbox with an exclusive consumer).
+/// the consumer count, which is how the server checks with the broker
+/// whether the client is online (a client consumes its inbox with an
+/// exclusive consumer; see `server::presence`).
 pub async fn declare_client_queue(
     ch: &Channel,
     names: &Names,

@@ -26,6 +26,10 @@ pub enum ChatError {
     #[error("client {0:?} is online already; pick another ID or stop the other client first")]
     AlreadyOnline(ClientId),
     #[error(
+        "client {id} asked to join but nothing consumes its inbox {inbox}: consume it first (an exclusive consumer), then join"
+    )]
+    InboxNotConsumed { id: ClientId, inbox: String },
+    #[error(
         "recipient {to:?} has {pending} messages it has not read yet, the most the server keeps for one recipient (--max-pending {max}); try again once it has read some"
     )]
     MailboxFull {
@@ -89,7 +93,8 @@ impl ChatError {
             | Self::InvalidMessageId(_)
             | Self::EmptyText
             | Self::TextTooLong { .. }
-            | Self::Malformed(_) => ErrorCode::InvalidArgument,
+            | Self::Malformed(_)
+            | Self::InboxNotConsumed { .. } => ErrorCode::InvalidArgument,
             Self::UnknownRecipient(_) | Self::UnknownSender(_) => ErrorCode::NotFound,
             Self::AlreadyOnline(_) => ErrorCode::AlreadyExists,
             Self::Unauthenticated(_) | Self::WrongSecret(_) | Self::Unclaimed(_) => {

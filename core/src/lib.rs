@@ -35,4 +35,4 @@ pub use limits::Limits;
 pub use message::{ClientInfo, Message, Receipt, SendCommand};
 pub use send_batch::{AdmittedBatch, BatchOutcome};
 pub use send_queue::{SendCarrier, Sends};
-pub use server::{Admitted, ChatServer, Outgoing, ServerConfig, Session};
+pub use server::{Admitted, ChatServer, Online, Outgoing, ServerConfig, Session};

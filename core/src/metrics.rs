@@ -1,11 +1,11 @@
 //! Prometheus metrics of a chat server, the same names on both stacks.
 //!
 //! [`Metrics`] belongs to a [`crate::ChatServer`]: chat-core counts what it
-//! decides itself (accepted, acknowledged, pending, registered, online on
-//! gRPC, the journal's batches and append times); an adapter adds what only
-//! it sees, through [`Metrics::delivered`] (a gRPC stream write, an AMQP
-//! publish the broker confirmed), [`Metrics::refused`] (where it answers a
-//! request with an error) and, on AMQP, [`Metrics::set_online`].
+//! decides itself (accepted, acknowledged, pending, registered, online, the
+//! journal's batches and append times); an adapter adds what only it sees,
+//! through [`Metrics::delivered`] (a gRPC stream write, an AMQP publish the
+//! broker confirmed) and [`Metrics::refused`] (where it answers a request
+//! with an error).
 //!
 //! The hot path stays cheap: a counter or gauge is one atomic add on a
 //! handle created at start (no look-up, no allocation, no lock per message);
@@ -110,7 +110,7 @@ impl Metrics {
         let online = Gauge::default();
         registry.register(
             "chat_clients_online",
-            "Clients online: with an open Subscribe stream (gRPC); on AMQP, clients whose queue had a consumer at the last ListClients (presence lives in the broker)",
+            "Clients online as the server's registry has them: with an open Subscribe stream (gRPC); joined and consuming their queue (AMQP)",
             online.clone(),
         );
         // 1, 2, 4, ... 1024 (the writer takes at most 1024 records at once).
@@ -174,12 +174,6 @@ impl Metrics {
         if let Some(c) = self.refused.get(code as usize) {
             c.inc();
         }
-    }
-
-    /// Sets the number of clients online, for a transport whose presence
-    /// core does not see (AMQP).
-    pub fn set_online(&self, n: usize) {
-        self.online.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn went_online(&self) {

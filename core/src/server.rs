@@ -30,6 +30,14 @@
 //! [`ChatServer::authenticate`] turns [`Credentials`] into the [`Principal`]
 //! that [`ChatServer::send`], [`ChatServer::ack`] and [`ChatServer::history`]
 //! require; each of those refuses a request that names another ID.
+//!
+//! Presence is decided here too, for both transports: [`ChatServer::list`],
+//! the `AlreadyOnline` refusal, the `chat_clients_online` gauge and the
+//! "client online/offline" log lines all read one field per client. On gRPC
+//! a [`Session`] holds the client online while its stream is open; on AMQP
+//! the broker's exclusive consumer on the client's queue is the lock, and
+//! the adapter reports what the broker says through
+//! [`ChatServer::went_online`] and [`ChatServer::went_offline`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -107,6 +115,7 @@ struct State {
     /// Wakes the forwarder when [`Self::ready`] gets a recipient.
     forward_wake: Arc<Notify>,
     shutting_down: bool,
+    /// Numbers spells online ([`Session`]s and [`Online`]s) uniquely.
     next_session: u64,
 }
 
@@ -152,7 +161,8 @@ struct Client {
     /// Hash of the secret that claimed the ID; `None` for an ID registered
     /// before IDs had secrets (the next registration claims it).
     secret: Option<SecretHash>,
-    /// The session currently holding this ID online, if any.
+    /// The spell online currently holding this ID online, if any: a
+    /// [`Session`]'s number (gRPC) or an [`Online`]'s (AMQP).
     session: Option<u64>,
     /// Last seq assigned to a message for this client (committed or not).
     assigned_seq: u64,
@@ -191,6 +201,35 @@ impl State {
             c.outbox.push(pending);
         }
         self.mark_ready(to);
+    }
+
+    /// Starts a spell online for the registered `id`, replacing any spell
+    /// it had; returns the spell's number. The one place a client goes
+    /// online (the gauge and the log line follow).
+    fn mark_online(&mut self, id: &ClientId, metrics: &Metrics) -> u64 {
+        self.next_session += 1;
+        let spell = self.next_session;
+        if let Some(c) = self.clients.get_mut(id)
+            && c.session.replace(spell).is_none()
+        {
+            metrics.went_online();
+            tracing::info!(client = %id, "client online");
+        }
+        spell
+    }
+
+    /// Ends `id`'s spell online `spell`, unless a later one replaced it.
+    /// The one place a client goes offline. Whether it did.
+    fn mark_offline(&mut self, id: &ClientId, spell: u64, metrics: &Metrics) -> bool {
+        match self.clients.get_mut(id) {
+            Some(c) if c.session == Some(spell) => {
+                c.session = None;
+                metrics.went_offline();
+                tracing::info!(client = %id, "client offline");
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Puts `to` in the forwarder's queue if it has something to hand out.
@@ -509,14 +548,11 @@ impl ChatServer {
                 self.inner.metrics.registered.inc();
             }
             let id = principal.id;
-            st.next_session += 1;
-            let session_no = st.next_session;
-            let c = st.clients.get_mut(&id).expect("claimed above");
-            if c.session.is_some() {
+            if st.clients[&id].session.is_some() {
                 return Err(ChatError::AlreadyOnline(id));
             }
-            c.session = Some(session_no);
-            self.inner.metrics.went_online();
+            let session_no = st.mark_online(&id, &self.inner.metrics);
+            let c = st.clients.get_mut(&id).expect("claimed above");
             c.outbox.rewind(after_seq);
             let session = Session {
                 server: self.clone(),
@@ -529,7 +565,7 @@ impl ChatServer {
         if let Some(rx) = rx {
             self.durable(rx).await?;
         }
-        tracing::info!(client = %session.id, after = after_seq, "client online");
+        tracing::debug!(client = %session.id, after = after_seq, "session streams the mailbox");
         Ok(session)
     }
 
@@ -650,6 +686,42 @@ impl ChatServer {
             self.queue(Record::Ack(to.clone(), up_to))
         };
         self.durable(rx).await
+    }
+
+    /// The transport's own lock on `id` says the client is online (AMQP:
+    /// its exclusive consumer holds its queue). Unlike [`Self::connect`]
+    /// this does not refuse an ID that is online already: the transport
+    /// decided who holds the ID, so the new spell replaces the old one, and
+    /// a late [`Self::went_offline`] for the old one changes nothing.
+    pub fn went_online(&self, id: &ClientId) -> Result<Online, ChatError> {
+        let mut st = self.lock();
+        if st.shutting_down {
+            return Err(ChatError::ShuttingDown);
+        }
+        let Some((id, _)) = st.clients.get_key_value(id) else {
+            return Err(ChatError::UnknownSender(id.clone()));
+        };
+        let id = id.clone();
+        let spell = st.mark_online(&id, &self.inner.metrics);
+        Ok(Online { id, spell })
+    }
+
+    /// Ends the spell online that [`Self::went_online`] (or
+    /// [`Self::online`]) returned, unless a later one replaced it. Whether
+    /// the client went offline.
+    pub fn went_offline(&self, online: &Online) -> bool {
+        self.lock()
+            .mark_offline(&online.id, online.spell, &self.inner.metrics)
+    }
+
+    /// `id`'s current spell online, if it is online (on either transport).
+    pub fn online(&self, id: &ClientId) -> Option<Online> {
+        let st = self.lock();
+        let (id, c) = st.clients.get_key_value(id)?;
+        c.session.map(|spell| Online {
+            id: id.clone(),
+            spell,
+        })
     }
 
     /// Every registered client with its online status, sorted by ID.
@@ -1046,6 +1118,23 @@ pub struct Outgoing {
     pub messages: Vec<Arc<Message>>,
 }
 
+/// One spell of a client being online, for a transport whose own lock
+/// decides presence (AMQP): [`ChatServer::went_offline`] ends it, unless a
+/// later spell replaced it (a rejoin that beat the news of the old
+/// consumer's end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Online {
+    id: ClientId,
+    /// Unique per spell (shared with [`Session`] numbers).
+    spell: u64,
+}
+
+impl Online {
+    pub fn client_id(&self) -> &ClientId {
+        &self.id
+    }
+}
+
 /// A client's claim on its ID being online; it hands the client's outbox
 /// to its stream. Dropping it takes the client offline.
 pub struct Session {
@@ -1091,13 +1180,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let mut st = self.server.lock();
-        if let Some(c) = st.clients.get_mut(&self.id)
-            && c.session == Some(self.session_no)
-        {
-            c.session = None;
-            self.server.inner.metrics.went_offline();
-            tracing::info!(client = %self.id, "client offline");
-        }
+        st.mark_offline(&self.id, self.session_no, &self.server.inner.metrics);
     }
 }
 
@@ -1531,6 +1614,51 @@ mod tests {
             s.connect(&creds("bob"), "bob", 0).await.is_ok(),
             "free again once it left"
         );
+    }
+
+    /// AMQP's presence: the transport reports spells online; a late report
+    /// of an old spell's end leaves the newer one alone; list, register and
+    /// the gauge read the same state as on gRPC.
+    #[tokio::test]
+    async fn spells_online_reported_by_a_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        register(&s, "bob").await.unwrap();
+        let bob = ClientId::parse("bob").unwrap();
+        let online_gauge = || {
+            let scrape = crate::metrics::Scrape::parse(&s.metrics().encode()).unwrap();
+            scrape.value("chat_clients_online")
+        };
+        let listed = || s.list().iter().any(|c| c.id == bob && c.online);
+        assert!(matches!(
+            s.went_online(&ClientId::parse("nobody").unwrap()),
+            Err(ChatError::UnknownSender(_))
+        ));
+
+        let first = s.went_online(&bob).unwrap();
+        assert!(listed());
+        assert_eq!(s.online(&bob).as_ref(), Some(&first));
+        assert_eq!(online_gauge(), Some(1.0));
+        assert!(matches!(
+            register(&s, "bob").await,
+            Err(ChatError::AlreadyOnline(_))
+        ));
+        assert!(matches!(
+            s.connect(&creds("bob"), "bob", 0).await,
+            Err(ChatError::AlreadyOnline(_))
+        ));
+
+        // A rejoin on a new connection before the old consumer's end was seen.
+        let second = s.went_online(&bob).unwrap();
+        assert_eq!(online_gauge(), Some(1.0), "still one client online");
+        assert!(!s.went_offline(&first), "the old spell's end is stale");
+        assert!(listed());
+        assert!(s.went_offline(&second));
+        assert!(!listed());
+        assert_eq!(online_gauge(), Some(0.0));
+        assert!(s.online(&bob).is_none());
+        assert!(!s.went_offline(&second), "ended once");
+        register(&s, "bob").await.unwrap();
     }
 
     /// AMQP's view: what was forwarded into a queue still counts until the

@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use chat_core::{BatchOutcome, ChatError, ClientInfo, Credentials, ErrorCode, SendCommand};
 use chat_proto::v1 as pb;
-use futures::{StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use tokio::task::JoinSet;
 
-use super::LIST_CONCURRENCY;
 use super::generation::{Generation, Request};
+use super::presence;
 use crate::error::{AmqpError, error_reply, error_reply_with};
 use crate::{request, topology};
 
@@ -84,7 +83,8 @@ pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: 
             tasks.spawn(async move {
                 let result = match other {
                     pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
-                    pb::request::Body::ListClients(_) => list(&g).await,
+                    pb::request::Body::ListClients(_) => Ok(list(&g)),
+                    pb::request::Body::Join(j) => presence::join(&g, &creds, &j.client_id).await,
                     pb::request::Body::History(h) => history(&g, &creds, h).await,
                     pb::request::Body::Send(_) | pb::request::Body::SendBatch(_) => {
                         unreachable!("handled above")
@@ -165,18 +165,24 @@ async fn finish_batch(g: &Generation, request: Request, outcome: BatchOutcome) {
 
 /// Registers (claims) or resumes an ID. The secret is checked first, so
 /// that nobody else learns anything about the ID or touches its queue.
+///
+/// An ID that chat-core has online is refused, unless the broker says its
+/// consumer is gone already: the event saying so may still be on its way
+/// (a client killed and restarted at once), and the broker's lock decides.
 async fn register(
     g: &Generation,
     creds: &Credentials,
     raw_id: &str,
 ) -> Result<pb::reply::Body, AmqpError> {
-    let (principal, created) = g.server.register(creds, raw_id).await?;
+    let (principal, created) = match g.server.register(creds, raw_id).await {
+        Err(ChatError::AlreadyOnline(id)) if presence::gone(g, &id).await? => {
+            g.server.register(creds, raw_id).await?
+        }
+        registered => registered?,
+    };
     let id = principal.id().clone();
-    let queue = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
+    topology::declare_client_queue(&g.admin, &g.names, &id).await?;
     g.declared().insert(id.clone());
-    if queue.consumer_count() > 0 {
-        return Err(ChatError::AlreadyOnline(id).into());
-    }
     if let Some(users) = &g.users {
         // The secret was verified above: it becomes the broker password.
         users.grant(&id, &creds.secret).await?;
@@ -188,25 +194,11 @@ async fn register(
     }))
 }
 
-/// Registered clients; online = someone consumes the client's queue.
-async fn list(g: &Generation) -> Result<pb::reply::Body, AmqpError> {
-    let clients: Vec<ClientInfo> = futures::stream::iter(g.server.list())
-        .map(|c| async move {
-            let q = topology::declare_client_queue(&g.admin, &g.names, &c.id).await?;
-            Ok::<_, AmqpError>(ClientInfo {
-                id: c.id,
-                online: q.consumer_count() > 0,
-            })
-        })
-        .buffered(LIST_CONCURRENCY)
-        .try_collect()
-        .await?;
-    // Presence lives in the broker: this is the server's freshest count.
-    let online = clients.iter().filter(|c| c.online).count();
-    g.server.metrics().set_online(online);
-    Ok(pb::reply::Body::ListClients(pb::ListClientsReply {
-        clients: clients.iter().map(ClientInfo::to_proto).collect(),
-    }))
+/// Registered clients, with presence as chat-core has it (see `presence`).
+fn list(g: &Generation) -> pb::reply::Body {
+    pb::reply::Body::ListClients(pb::ListClientsReply {
+        clients: g.server.list().iter().map(ClientInfo::to_proto).collect(),
+    })
 }
 
 /// One page of the asker's history (see `HistoryRequest` in chat.proto).

@@ -59,6 +59,8 @@ pub(super) struct Generation {
     pub(super) replies: Channel,
     /// Declarations and queue look-ups (consumer counts).
     pub(super) admin: Channel,
+    /// The connection's virtual host: events of the others are not ours.
+    pub(super) vhost: String,
     /// Client queues declared on this connection (declared again on the next).
     pub(super) declared: Mutex<HashSet<ClientId>>,
     pub(super) broken: Broken,

@@ -35,8 +35,12 @@
 //!
 //! The modules follow the parts: this one owns the connection's life
 //! (connect, set up, serve, reconnect); `dispatch` decodes and answers
-//! requests; `forwarder` and `recount` are the generation's two
-//! background tasks; `generation` is what they share.
+//! requests; `forwarder` and `recount` are the generation's background
+//! tasks, with the event watcher of `presence` (who is online, in
+//! chat-core, following the broker's consumers); `generation` is what
+//! they share. A generation starts with `recount::survey`, which reads
+//! every client queue once (depth and consumers) before requests and
+//! events are served.
 //!
 //! `--max-pending` holds here as on gRPC: a message confirmed into a
 //! recipient's queue still counts until the recipient consumed it. The
@@ -80,6 +84,7 @@ use tokio::task::JoinSet;
 mod dispatch;
 mod forwarder;
 mod generation;
+mod presence;
 mod recount;
 
 use crate::AmqpConfig;
@@ -154,7 +159,12 @@ pub async fn run(
             () = &mut shutdown => break,
             r = attempt => r,
         };
-        let Connected { conn, index, url } = match conn {
+        let Connected {
+            conn,
+            index,
+            url,
+            vhost,
+        } = match conn {
             Ok(connected) => connected,
             Err(why) => {
                 let delay = backoff.next_delay();
@@ -176,12 +186,16 @@ pub async fn run(
             heartbeat_secs = conn.configuration().heartbeat(),
             "connected to the broker"
         );
+        let place = Place {
+            names: &names,
+            url: &url,
+            vhost: &vhost,
+        };
         let outcome = serve(
             &conn,
             &server,
-            &names,
+            place,
             users.clone(),
-            &url,
             config.batching,
             &mut shutdown,
         )
@@ -204,6 +218,15 @@ pub async fn run(
                     "cannot set up on the broker at {url}: {reason}; retrying in {:.1}s",
                     delay.as_secs_f64()
                 );
+                delay
+            }
+            Outcome::NoEvents(e) => {
+                if !served {
+                    server.shutdown();
+                    return Err(e);
+                }
+                let delay = backoff.next_delay();
+                tracing::error!("reconnecting: {e}; retrying in {:.1}s", delay.as_secs_f64());
                 delay
             }
             Outcome::Taken => {
@@ -275,6 +298,9 @@ enum Outcome {
     SetupFailed(String),
     /// Another server holds the exclusive consumer on `<ns>.server`.
     Taken,
+    /// The broker does not publish consumer events
+    /// ([`AmqpError::EventsMissing`]).
+    NoEvents(AmqpError),
 }
 
 fn taken_error(names: &Names) -> AmqpError {
@@ -301,6 +327,15 @@ async fn connect(brokers: &Brokers, names: &Names) -> Result<Connected, AmqpErro
         .await
 }
 
+/// Where a generation serves: the namespace, and the broker it is
+/// connected to (its URL without password, its vhost).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    names: &'a Names,
+    url: &'a str,
+    vhost: &'a str,
+}
+
 /// What a generation works with, once set up.
 struct Parts {
     consume: Channel,
@@ -308,15 +343,25 @@ struct Parts {
     replies: Channel,
     admin: Channel,
     consumer: lapin::Consumer,
+    /// The broker's `consumer.deleted` events (see `presence`).
+    events: lapin::Consumer,
 }
 
-/// Opens the channels, declares the server side and consumes `<ns>.server`
-/// (exclusively). Each step is bounded by [`op_timeout`].
-async fn setup(conn: &Connection, names: &Names, url: &str) -> Result<Parts, AmqpError> {
+/// Opens the channels, subscribes to the broker's consumer events,
+/// declares the server side and consumes `<ns>.server` (exclusively). Each
+/// step is bounded by [`op_timeout`].
+async fn setup(conn: &Connection, place: Place<'_>) -> Result<Parts, AmqpError> {
+    let (names, url) = (place.names, place.url);
     let t = op_timeout();
     let channel = || bounded("opening a channel", url, t, conn.create_channel());
     let (consume, publish, admin) = (channel().await?, channel().await?, channel().await?);
     let replies = channel().await?;
+    // First: without events the server cannot serve, so it fails before
+    // it takes the namespace.
+    let what = format!("subscribing to {}", presence::EVENT_EXCHANGE);
+    let events_channel = channel().await?;
+    let subscribe = presence::subscribe(&events_channel, url, place.vhost);
+    let events = bounded(what, url, t, subscribe).await?;
     let confirms = publish.confirm_select(ConfirmSelectOptions::default());
     bounded("enabling publisher confirms", url, t, confirms).await?;
     let what = format!(
@@ -346,24 +391,25 @@ async fn setup(conn: &Connection, names: &Names, url: &str) -> Result<Parts, Amq
         replies,
         admin,
         consumer,
+        events,
     })
 }
 
 async fn serve(
     conn: &Connection,
     server: &ChatServer,
-    names: &Names,
+    place: Place<'_>,
     users: Option<Arc<BrokerUsers>>,
-    url: &str,
     batching: bool,
     shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
 ) -> Outcome {
+    let names = place.names;
     let set_up = tokio::select! {
         () = &mut *shutdown => {
             close_connection(conn, "amqp-server closing").await;
             return Outcome::Shutdown;
         }
-        r = setup(conn, names, url) => r,
+        r = setup(conn, place) => r,
     };
     let Parts {
         consume,
@@ -371,14 +417,15 @@ async fn serve(
         replies,
         admin,
         mut consumer,
+        events,
     } = match set_up {
         Ok(parts) => parts,
         Err(e) => {
             close_connection(conn, "amqp-server closing").await;
-            return if is_taken(&e) {
-                Outcome::Taken
-            } else {
-                Outcome::SetupFailed(e.to_string())
+            return match e {
+                e if is_taken(&e) => Outcome::Taken,
+                e @ AmqpError::EventsMissing { .. } => Outcome::NoEvents(e),
+                e => Outcome::SetupFailed(e.to_string()),
             };
         }
     };
@@ -388,16 +435,30 @@ async fn serve(
         publish,
         replies,
         admin,
+        vhost: place.vhost.to_owned(),
         declared: Mutex::new(HashSet::new()),
         broken: Broken::new(),
         batching,
         users,
     });
+    // Requests and events wait in their queues until the survey is done.
+    let surveyed = tokio::select! {
+        () = &mut *shutdown => Err(None),
+        r = recount::survey(&generation) => r.map_err(Some),
+    };
+    if let Err(e) = surveyed {
+        close_connection(conn, "amqp-server closing").await;
+        return match e {
+            None => Outcome::Shutdown,
+            Some(e) => Outcome::Lost(format!("reading the client queues back: {e}")),
+        };
+    }
     let mut tasks = JoinSet::new();
     // Whatever was accepted but never confirmed (by the previous process or
     // connection) goes out first.
     let forwarder = tokio::spawn(forwarder::forward(generation.clone()));
     let recounter = tokio::spawn(recount::recount(generation.clone()));
+    let watcher = tokio::spawn(presence::watch(generation.clone(), events));
     tracing::info!(
         queue = %names.server_queue(),
         undelivered = server.undelivered_count(),
@@ -428,6 +489,7 @@ async fn serve(
     tasks.abort_all();
     forwarder.abort();
     recounter.abort();
+    watcher.abort();
     // Closed while the channels are still open, so that lapin does not see
     // them close underneath a closing connection.
     close_connection(conn, "amqp-server closing").await;

@@ -1,5 +1,6 @@
-//! The recount task: what waits unread in the client queues, for
-//! `--max-pending`.
+//! What the client queues hold, read back from the broker: their depth
+//! (what waits unread, for `--max-pending`) and, once per connection, their
+//! consumers (who is online, for `presence`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +8,8 @@ use std::time::Duration;
 use chat_core::ClientId;
 use futures::{StreamExt, TryStreamExt};
 
-use super::LIST_CONCURRENCY;
 use super::generation::Generation;
+use super::{LIST_CONCURRENCY, presence};
 use crate::error::AmqpError;
 use crate::topology;
 
@@ -26,9 +27,28 @@ pub(super) async fn recount(g: Arc<Generation>) {
     }
 }
 
+/// The start of a generation: after a (re)start, or events missed while
+/// disconnected, the server knows nothing of what waits in the client
+/// queues or of who consumes them. Reads every client's queue once and
+/// hands both to chat-core. Runs before the generation serves requests or
+/// broker events, so that nothing else changes presence meanwhile.
+pub(super) async fn survey(g: &Generation) -> Result<(), AmqpError> {
+    futures::stream::iter(g.server.downstream_marks())
+        .map(|(id, mark)| async move {
+            let q = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
+            g.declared().insert(id.clone());
+            g.server
+                .set_queued_downstream(&id, mark, q.message_count() as usize);
+            presence::follow(g, &id, q.consumer_count() > 0);
+            Ok::<_, AmqpError>(())
+        })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .try_collect::<()>()
+        .await
+}
+
+/// After [`survey`]: only the recipients near the limit are recounted.
 async fn recount_loop(g: &Generation) -> Result<(), AmqpError> {
-    // After a (re)start the server knows nothing of what waits downstream.
-    recount_queues(g, g.server.downstream_marks()).await?;
     let mut every = tokio::time::interval(RECOUNT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

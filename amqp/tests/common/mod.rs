@@ -166,6 +166,11 @@ impl InProcessServer {
         ))
     }
 
+    /// The chat state it serves (its metrics, for one).
+    pub fn chat(&self) -> &chat_core::ChatServer {
+        &self.0.chat
+    }
+
     /// Stops the server; it must end cleanly.
     pub async fn stop(self) {
         self.0.stop().await;

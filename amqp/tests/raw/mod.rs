@@ -165,8 +165,8 @@ pub fn error_of(reply: &pb::Reply) -> (ErrorCode, &str) {
 }
 
 /// A request acting as the ID its body names (`send.from`, the first
-/// `send_batch` send's `from`, `register` or
-/// `history`'s `client_id`), with that ID's test secret, as a well-behaved
+/// `send_batch` send's `from`, `register`, `history` or `join`'s
+/// `client_id`), with that ID's test secret, as a well-behaved
 /// client would send it; `list_clients` carries no credentials.
 pub fn request(body: pb::request::Body) -> Vec<u8> {
     let acting_as = match &body {
@@ -174,6 +174,7 @@ pub fn request(body: pb::request::Body) -> Vec<u8> {
         pb::request::Body::SendBatch(b) => b.sends.first().map(|s| s.from.clone()),
         pb::request::Body::Register(r) => Some(r.client_id.clone()),
         pb::request::Body::History(h) => Some(h.client_id.clone()),
+        pb::request::Body::Join(j) => Some(j.client_id.clone()),
         pb::request::Body::ListClients(_) => None,
     };
     let auth = acting_as.map(|id| pb::Auth {

@@ -155,9 +155,11 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
                     created: true,
                 })
             }
+            // Presence is chat logic: a join is answered and nothing kept.
+            Some(pb::request::Body::Join(_)) => pb::reply::Body::Join(pb::JoinReply {}),
             _ => pb::reply::Body::Error(pb::Error {
                 code: pb::ErrorCode::InvalidArgument as i32,
-                message: "the bare relay only registers and relays".into(),
+                message: "the bare relay only registers, joins and relays".into(),
             }),
         };
         answer(&publish, reply_to, correlation.as_ref(), reply).await?;
