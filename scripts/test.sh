@@ -83,14 +83,14 @@ else
   say "broker is up at $host:$port"
 fi
 
-# True when the management API answers with the URL's account (GET
-# /api/whoami). Python's standard library speaks HTTP with basic auth
-# whether or not curl is installed.
-management_answers() {
-  timeout 10 python3 - "$CHAT_AMQP_MANAGEMENT_URL" <<'PY' >/dev/null 2>&1
+# True when the management API answers GET <path> with the URL's account.
+# Python's standard library speaks HTTP with basic auth whether or not curl
+# is installed.
+management_get() {
+  timeout 10 python3 - "$CHAT_AMQP_MANAGEMENT_URL" "$1" <<'PY' >/dev/null 2>&1
 import base64, sys, urllib.parse, urllib.request
 u = urllib.parse.urlsplit(sys.argv[1])
-req = urllib.request.Request(f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}/api/whoami")
+req = urllib.request.Request(f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}{sys.argv[2]}")
 auth = f"{urllib.parse.unquote(u.username or '')}:{urllib.parse.unquote(u.password or '')}"
 req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
 urllib.request.urlopen(req, timeout=5).read()
@@ -98,66 +98,44 @@ PY
 }
 
 redacted_mgmt="$(echo "$CHAT_AMQP_MANAGEMENT_URL" | sed -E 's#://([^:@/]*):[^@/]*@#://\1:***@#')"
-if management_answers; then
-  say "the RabbitMQ management API answers at $redacted_mgmt"
-else
-  case "$host" in
-    127.0.0.1 | localhost)
-      if command -v rabbitmq-plugins >/dev/null 2>&1; then
-        say "the management API does not answer at $redacted_mgmt; enabling it: rabbitmq-plugins enable rabbitmq_management"
-        rabbitmq-plugins enable rabbitmq_management >/dev/null || true
-        for _ in $(seq 1 30); do
-          management_answers && break
-          sleep 2
-        done
-      fi
-      ;;
-  esac
-  if management_answers; then
-    say "the RabbitMQ management API answers at $redacted_mgmt"
-  else
-    say "WARNING: the RabbitMQ management API does not answer at $redacted_mgmt:"
-    say "  the tests of per-client broker users (amqp/tests/broker_users.rs, the per_client e2e scenarios) will FAIL."
-    say "  Enable it on the broker (rabbitmq-plugins enable rabbitmq_management) or set CHAT_AMQP_MANAGEMENT_URL."
-  fi
-fi
 
-# True when the broker has the exchange of the event exchange plugin
-# (amq.rabbitmq.event in the default vhost), asked through the management API.
-events_answer() {
-  timeout 10 python3 - "$CHAT_AMQP_MANAGEMENT_URL" <<'PY' >/dev/null 2>&1
-import base64, sys, urllib.parse, urllib.request
-u = urllib.parse.urlsplit(sys.argv[1])
-req = urllib.request.Request(f"http://{u.hostname}:{u.port or 80}{u.path.rstrip('/')}/api/exchanges/%2F/amq.rabbitmq.event")
-auth = f"{urllib.parse.unquote(u.username or '')}:{urllib.parse.unquote(u.password or '')}"
-req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-urllib.request.urlopen(req, timeout=5).read()
-PY
+# Makes sure the broker has a plugin the tests need: `require_plugin NAME
+# PATH OK WHY` checks that the management API answers GET PATH; if not, and
+# the broker is local, enables NAME and waits; says OK when it works, or
+# warns with WHY (which tests will fail) when it does not.
+require_plugin() {
+  local name=$1 path=$2 ok=$3 why=$4
+  if ! management_get "$path"; then
+    case "$host" in
+      127.0.0.1 | localhost)
+        if command -v rabbitmq-plugins >/dev/null 2>&1; then
+          say "the broker lacks $name (GET $path fails at $redacted_mgmt); enabling it: rabbitmq-plugins enable $name"
+          rabbitmq-plugins enable "$name" >/dev/null || true
+          for _ in $(seq 1 30); do
+            management_get "$path" && break
+            sleep 2
+          done
+        fi
+        ;;
+    esac
+  fi
+  if management_get "$path"; then
+    say "$ok"
+  else
+    say "WARNING: $name does not answer through $redacted_mgmt (GET $path):"
+    say "  $why"
+    say "  Enable it on the broker (rabbitmq-plugins enable $name) or set CHAT_AMQP_MANAGEMENT_URL."
+  fi
 }
 
-if events_answer; then
-  say "the broker publishes consumer events (rabbitmq_event_exchange is enabled)"
-else
-  case "$host" in
-    127.0.0.1 | localhost)
-      if command -v rabbitmq-plugins >/dev/null 2>&1; then
-        say "the broker has no exchange amq.rabbitmq.event; enabling it: rabbitmq-plugins enable rabbitmq_event_exchange"
-        rabbitmq-plugins enable rabbitmq_event_exchange >/dev/null || true
-        for _ in $(seq 1 15); do
-          events_answer && break
-          sleep 2
-        done
-      fi
-      ;;
-  esac
-  if events_answer; then
-    say "the broker publishes consumer events (rabbitmq_event_exchange is enabled)"
-  else
-    say "WARNING: no exchange amq.rabbitmq.event found through $redacted_mgmt:"
-    say "  every amqp-server refuses to start without it, so the AMQP tests will FAIL."
-    say "  Enable it on the broker: rabbitmq-plugins enable rabbitmq_event_exchange"
-  fi
-fi
+require_plugin rabbitmq_management /api/whoami \
+  "the RabbitMQ management API answers at $redacted_mgmt" \
+  "the tests of per-client broker users (amqp/tests/broker_users.rs, the per_client e2e scenarios) will FAIL."
+# The exchange of the event exchange plugin, amq.rabbitmq.event, in the
+# default vhost.
+require_plugin rabbitmq_event_exchange /api/exchanges/%2F/amq.rabbitmq.event \
+  "the broker publishes consumer events (rabbitmq_event_exchange is enabled)" \
+  "every amqp-server refuses to start without it, so the AMQP tests will FAIL."
 
 # cargo prints one "test result" line per test binary; the last of them is
 # often a doc-test run with 0 tests, so finish with the totals.

@@ -12,87 +12,12 @@ mod common;
 
 use std::time::Duration;
 
-use chat_amqp::topology::{TYPE_MESSAGE, TYPE_MESSAGE_BATCH};
+use chat_amqp::topology::TYPE_MESSAGE;
 use chat_core::{ChatClient, ConnectionState, Delivery, Incoming, IncomingEvent};
 use chat_proto::v1 as pb;
+use common::inbox::Queue;
 use common::*;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use prost::Message as _;
-
-fn message(seq: u64) -> pb::ChatMessage {
-    pb::ChatMessage {
-        id: chat_core::MessageId::generate().to_string(),
-        from: "alice".into(),
-        to: "bob".into(),
-        text: format!("t{seq}"),
-        timestamp_ms: 1,
-        seq,
-    }
-}
-
-/// A publisher straight into one queue of the broker.
-struct Queue {
-    conn: Connection,
-    ch: Channel,
-    name: String,
-}
-
-impl Queue {
-    async fn open(name: String) -> Self {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        Self { conn, ch, name }
-    }
-
-    async fn publish(&self, kind: &str, body: Vec<u8>) {
-        self.ch
-            .basic_publish(
-                "".into(),
-                self.name.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_type(kind.into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    async fn one(&self, seq: u64) {
-        self.publish(TYPE_MESSAGE, message(seq).encode_to_vec())
-            .await;
-    }
-
-    async fn batch(&self, seqs: std::ops::RangeInclusive<u64>) {
-        let batch = pb::ChatMessageBatch {
-            messages: seqs.map(message).collect(),
-        };
-        self.publish(TYPE_MESSAGE_BATCH, batch.encode_to_vec())
-            .await;
-    }
-
-    /// Messages ready in the queue (unacknowledged ones are not counted).
-    async fn ready(&self) -> u32 {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        self.ch
-            .queue_declare(self.name.as_str().into(), options, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count()
-    }
-
-    async fn close(self) {
-        let _ = self.conn.close(200, "done".into()).await;
-    }
-}
 
 /// The next event, failing the test if none comes.
 async fn next(incoming: &mut Incoming) -> IncomingEvent {
@@ -194,12 +119,7 @@ async fn a_repeat_does_not_acknowledge_the_first_copy_before_the_consumer_does()
     // The broker puts the unacknowledged delivery back once bob is gone.
     let back = tokio::time::timeout(WAIT, async {
         loop {
-            let got = queue
-                .ch
-                .basic_get(queue.name.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap();
-            match got {
+            match queue.get().await {
                 Some(d) => return d,
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }

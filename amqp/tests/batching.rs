@@ -15,9 +15,8 @@ use chat_amqp::{AmqpConfig, MAX_DELIVERY_BATCH};
 use chat_core::{ChatClient, ChatServer, Credentials, SendCommand, ServerConfig};
 use chat_proto::v1 as pb;
 use common::*;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::BasicGetOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
 use prost::Message as _;
 
 fn creds(id: &str) -> Credentials {
@@ -148,37 +147,10 @@ async fn the_client_shows_each_message_of_a_batch_in_order_and_acks_it() {
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let bob = ns.registered("bob").await;
-    let (conn, ch) = channel().await;
     // A batch of three, then a lone message, as the server publishes them.
-    let message = |seq: u64| pb::ChatMessage {
-        id: chat_core::MessageId::generate().to_string(),
-        from: "alice".into(),
-        to: "bob".into(),
-        text: format!("t{seq}"),
-        timestamp_ms: 1,
-        seq,
-    };
-    let queue = ns.queue("client.bob");
-    let publish = |kind: &'static str, body: Vec<u8>| {
-        let ch = ch.clone();
-        let queue = queue.clone();
-        async move {
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_type(kind.into()),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    let batch = pb::ChatMessageBatch {
-        messages: (1..=3).map(message).collect(),
-    };
-    publish(TYPE_MESSAGE_BATCH, batch.encode_to_vec()).await;
-    publish(TYPE_MESSAGE, message(4).encode_to_vec()).await;
+    let queue = inbox::Queue::open(ns.queue("client.bob")).await;
+    queue.batch(1..=3).await;
+    queue.one(4).await;
 
     let mut incoming = bob.join().await.unwrap();
     let got = recv_n(&mut incoming, 4).await;
@@ -188,20 +160,8 @@ async fn the_client_shows_each_message_of_a_batch_in_order_and_acks_it() {
     drop(bob);
 
     // Both deliveries were acknowledged: nothing is left in the queue.
-    let left = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
-    assert_eq!(left, 0);
-    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(queue.ready().await, 0);
+    queue.close().await;
     server.stop().await;
 }
 

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod inbox;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
