@@ -279,6 +279,16 @@ def main():
             reply = py.send("nobody-here", "hi")
             check(reply.error.code == pb.ErrorCode.Value("NOT_FOUND"), "an unknown recipient is refused")
 
+            def one_send(to, text):
+                return pb.SendRequest(id=str(uuid.uuid4()), to=to, text=text, **{"from": py_id})
+            reply = py.request(send_batch=pb.SendBatchRequest(sends=[
+                one_send("rusty", "batched one"), one_send("nobody-here", "lost?"),
+                one_send("rusty", "batched two")]))
+            outcomes = reply.send_batch.outcomes if reply.WhichOneof("body") == "send_batch" else []
+            check([o.WhichOneof("result") for o in outcomes] == ["accepted", "error", "accepted"]
+                  and outcomes[1].error.code == pb.ErrorCode.Value("NOT_FOUND"),
+                  "a send_batch has one outcome per send, in order")
+
             second = PyClient(pb, py_id, secret=py.secret)
             reply = second.request(register=pb.RegisterRequest(client_id=py_id))
             check(reply.error.code == pb.ErrorCode.Value("ALREADY_EXISTS"),
