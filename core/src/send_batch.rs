@@ -57,6 +57,21 @@ impl ChatServer {
             admitted,
         })
     }
+
+    /// A send's outcome as the wire carries it (counted in the metrics
+    /// when refused).
+    pub fn send_outcome(&self, r: &Result<Receipt, ChatError>) -> pb::SendOutcome {
+        let result = match r {
+            Ok(m) => pb::send_outcome::Result::Accepted(m.to_reply()),
+            Err(e) => {
+                self.metrics().refused(e.code());
+                pb::send_outcome::Result::Error(e.to_proto())
+            }
+        };
+        pb::SendOutcome {
+            result: Some(result),
+        }
+    }
 }
 
 impl AdmittedBatch {
@@ -113,22 +128,5 @@ impl BatchOutcome {
             .map(|r| self.server.send_outcome(r))
             .collect();
         pb::SendBatchReply { outcomes }
-    }
-}
-
-impl ChatServer {
-    /// A send's outcome as the wire carries it (counted in the metrics
-    /// when refused).
-    pub fn send_outcome(&self, r: &Result<Receipt, ChatError>) -> pb::SendOutcome {
-        let result = match r {
-            Ok(m) => pb::send_outcome::Result::Accepted(m.to_reply()),
-            Err(e) => {
-                self.metrics().refused(e.code());
-                pb::send_outcome::Result::Error(e.to_proto())
-            }
-        };
-        pb::SendOutcome {
-            result: Some(result),
-        }
     }
 }

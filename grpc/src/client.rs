@@ -26,8 +26,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batcher::RpcSends;
 use crate::keepalive::Keepalive;
+use crate::sends::RpcSends;
 use crate::service::{ID_HEADER, SECRET_HEADER};
 
 pub(crate) type Rpc = RpcClient<InterceptedService<Channel, Auth>>;

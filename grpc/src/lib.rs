@@ -4,13 +4,13 @@
 //! `chat.v1.Chat` service, [`client`] implements `chat_core::ChatClient` over
 //! one tonic channel, and [`status`] is the one place where domain errors
 //! become gRPC statuses and back. [`keepalive`] is how both sides notice a
-//! peer that went silent. [`batcher`] coalesces a client's sends into
-//! `SendBatch` calls when they back up.
+//! peer that went silent. [`sends`] carries a client's sends as `Send`
+//! and `SendBatch` calls (chat-core's send queue decides when to batch).
 
-pub mod batcher;
 pub mod client;
 pub mod health;
 pub mod keepalive;
+pub mod sends;
 pub mod service;
 pub mod status;
 

@@ -181,8 +181,7 @@ async fn register(
         registered => registered?,
     };
     let id = principal.id().clone();
-    topology::declare_client_queue(&g.admin, &g.names, &id).await?;
-    g.declared().insert(id.clone());
+    g.declare_client_queue(&id).await?;
     if let Some(users) = &g.users {
         // The secret was verified above: it becomes the broker password.
         users.grant(&id, &creds.secret).await?;

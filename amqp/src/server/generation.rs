@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chat_core::{ChatServer, ClientId};
 use chat_proto::v1 as pb;
-use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
+use lapin::{Channel, Queue};
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -77,10 +77,18 @@ impl Generation {
 
     pub(super) async fn ensure_client_queue(&self, id: &ClientId) -> Result<(), AmqpError> {
         if !self.declared().contains(id) {
-            topology::declare_client_queue(&self.admin, &self.names, id).await?;
-            self.declared().insert(id.clone());
+            self.declare_client_queue(id).await?;
         }
         Ok(())
+    }
+
+    /// Declares `id`'s queue and binding (idempotent: the answer carries
+    /// its ready messages and its consumers) and notes that this
+    /// connection has declared it.
+    pub(super) async fn declare_client_queue(&self, id: &ClientId) -> Result<Queue, AmqpError> {
+        let q = topology::declare_client_queue(&self.admin, &self.names, id).await?;
+        self.declared().insert(id.clone());
+        Ok(q)
     }
 
     /// Answers a request, if it said where to.

@@ -38,7 +38,6 @@ use lapin::{Channel, ErrorKind, ExchangeKind};
 
 use super::generation::Generation;
 use crate::error::AmqpError;
-use crate::topology;
 
 /// The exchange of RabbitMQ's event exchange plugin (a topic exchange in
 /// the plugin's vhost, by default `/`).
@@ -162,9 +161,7 @@ fn client_of(g: &Generation, headers: Option<&FieldTable>) -> Option<ClientId> {
 /// Whether the broker has a consumer on `id`'s queue (declaring it, which
 /// is idempotent and answers with the count).
 async fn consumed(g: &Generation, id: &ClientId) -> Result<bool, AmqpError> {
-    let q = topology::declare_client_queue(&g.admin, &g.names, id).await?;
-    g.declared().insert(id.clone());
-    Ok(q.consumer_count() > 0)
+    Ok(g.declare_client_queue(id).await?.consumer_count() > 0)
 }
 
 /// `join`: the client consumes its queue now and asks to be listed online.

@@ -11,7 +11,6 @@ use futures::{StreamExt, TryStreamExt};
 use super::generation::Generation;
 use super::{LIST_CONCURRENCY, presence};
 use crate::error::AmqpError;
-use crate::topology;
 
 /// How often the depth of the queues of recipients near `--max-pending` is
 /// read back, so that a send refused because a recipient had not read is
@@ -35,8 +34,7 @@ pub(super) async fn recount(g: Arc<Generation>) {
 pub(super) async fn survey(g: &Generation) -> Result<(), AmqpError> {
     futures::stream::iter(g.server.downstream_marks())
         .map(|(id, mark)| async move {
-            let q = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
-            g.declared().insert(id.clone());
+            let q = g.declare_client_queue(&id).await?;
             g.server
                 .set_queued_downstream(&id, mark, q.message_count() as usize);
             presence::follow(g, &id, q.consumer_count() > 0);
@@ -67,8 +65,7 @@ async fn recount_loop(g: &Generation) -> Result<(), AmqpError> {
 async fn recount_queues(g: &Generation, marks: Vec<(ClientId, u64)>) -> Result<(), AmqpError> {
     futures::stream::iter(marks)
         .map(|(id, mark)| async move {
-            let q = topology::declare_client_queue(&g.admin, &g.names, &id).await?;
-            g.declared().insert(id.clone());
+            let q = g.declare_client_queue(&id).await?;
             g.server
                 .set_queued_downstream(&id, mark, q.message_count() as usize);
             Ok::<_, AmqpError>(())
