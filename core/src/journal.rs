@@ -18,7 +18,8 @@
 //!   whenever that makes it shorter.
 //!
 //! All appends go through one writer thread, which takes every request that
-//! is queued, writes each file with one `write` call, optionally `fsync`s,
+//! is queued, writes each file with one `write` call, optionally `fsync`s
+//! (both files at once, unless the batch registers a client),
 //! then hands the batch back for the server to publish. That is group
 //! commit: under load many sends share one syscall, and a send is answered
 //! only after its line reached the OS, so a `kill -9` loses nothing that was
@@ -318,93 +319,227 @@ pub(crate) fn start_writer(
     dir: &Path,
     durability: Durability,
     metrics: Arc<Metrics>,
-    mut publish: Publish,
+    publish: Publish,
 ) -> Result<JobSender, ChatError> {
-    let open = |name: &str| -> Result<(File, PathBuf), ChatError> {
-        let path = dir.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| ChatError::storage(&path, e))?;
-        Ok((f, path))
+    let files = Files::open(dir, durability)?;
+    let (tx, rx) = mpsc::unbounded_channel::<Job>();
+    let writer = Writer {
+        files,
+        metrics,
+        publish,
+        batch: Vec::new(),
+        log_buf: String::new(),
+        state_buf: String::new(),
+        places: Vec::new(),
+        failed: None,
     };
-    let (mut log, log_path) = open(LOG_FILE)?;
-    let (mut state, _) = open(STATE_FILE)?;
-    let mut log_len = log
-        .metadata()
-        .map_err(|e| ChatError::storage(&log_path, e))?
-        .len();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-
     std::thread::Builder::new()
         .name("chat-journal".into())
-        .spawn(move || {
-            let mut batch: Vec<Job> = Vec::new();
-            let mut log_buf = String::new();
-            let mut state_buf = String::new();
-            let mut places: Vec<(u64, usize)> = Vec::new();
-            // After a failed append nothing more is written: accepting later
-            // messages would give them sequence numbers that replay cannot
-            // reproduce. The server keeps answering, with the storage error.
-            let mut failed: Option<Arc<std::io::Error>> = None;
-            while let Some(first) = rx.blocking_recv() {
-                if let Some(e) = &failed {
-                    let _ = first.done.send(Err(e.clone()));
-                    continue;
-                }
-                batch.push(first);
-                while batch.len() < 1024 {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                log_buf.clear();
-                state_buf.clear();
-                places.clear();
-                for job in &batch {
-                    match &job.record {
-                        Record::Message(m) => {
-                            let start = log_buf.len();
-                            log_line::write_line(&mut log_buf, m);
-                            // Without the newline, as `scan_log` reports it.
-                            let len = log_buf.len() - start - 1;
-                            places.push((log_len + start as u64, len));
-                        }
-                        other => write_state_line(&mut state_buf, other),
-                    }
-                }
-                let started = std::time::Instant::now();
-                let result = append(&mut state, &state_buf, durability)
-                    .and_then(|()| append(&mut log, &log_buf, durability));
-                metrics
-                    .journal_append
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.journal_batch.observe(batch.len() as f64);
-                match result {
-                    Ok(()) => {
-                        log_len += log_buf.len() as u64;
-                        let (records, dones): (Vec<_>, Vec<_>) =
-                            batch.drain(..).map(|j| (j.record, j.done)).unzip();
-                        publish(&records, &places);
-                        for done in dones {
-                            let _ = done.send(Ok(()));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot append to the data directory; refusing all further writes");
-                        let e = Arc::new(e);
-                        for job in batch.drain(..) {
-                            let _ = job.done.send(Err(e.clone()));
-                        }
-                        failed = Some(e);
-                    }
-                }
-            }
-        })
+        .spawn(move || writer.run(rx))
         .map_err(|e| ChatError::storage(dir, e))?;
     Ok(tx)
+}
+
+/// The writer thread's state: the files, and buffers reused by every batch.
+struct Writer {
+    files: Files,
+    metrics: Arc<Metrics>,
+    publish: Publish,
+    batch: Vec<Job>,
+    log_buf: String,
+    state_buf: String,
+    /// Where each message of the batch goes in `log.txt`.
+    places: Vec<(u64, usize)>,
+    /// After a failed append nothing more is written: accepting later
+    /// messages would give them sequence numbers that replay cannot
+    /// reproduce. The server keeps answering, with the storage error.
+    failed: Option<Arc<std::io::Error>>,
+}
+
+impl Writer {
+    /// Takes every job queued (up to 1024) as one batch, until the server
+    /// drops its sender.
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            if let Some(e) = &self.failed {
+                let _ = first.done.send(Err(e.clone()));
+                continue;
+            }
+            self.batch.push(first);
+            while self.batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(job) => self.batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit();
+        }
+    }
+
+    /// Writes the batch, then publishes it and answers its senders (or
+    /// answers them all with the error).
+    fn commit(&mut self) {
+        let registers = self.encode();
+        let started = std::time::Instant::now();
+        let result = self.files.append(&self.state_buf, &self.log_buf, registers);
+        self.metrics
+            .journal_append
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.journal_batch.observe(self.batch.len() as f64);
+        match result {
+            Ok(()) => {
+                self.files.log_len += self.log_buf.len() as u64;
+                let (records, dones): (Vec<_>, Vec<_>) =
+                    self.batch.drain(..).map(|j| (j.record, j.done)).unzip();
+                (self.publish)(&records, &self.places);
+                for done in dones {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot append to the data directory; refusing all further writes");
+                let e = Arc::new(e);
+                for job in self.batch.drain(..) {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// Renders the batch into the two buffers and notes where each message
+    /// goes in `log.txt`. Whether the batch holds a registration.
+    fn encode(&mut self) -> bool {
+        self.log_buf.clear();
+        self.state_buf.clear();
+        self.places.clear();
+        let mut registers = false;
+        for job in &self.batch {
+            match &job.record {
+                Record::Message(m) => {
+                    let start = self.log_buf.len();
+                    log_line::write_line(&mut self.log_buf, m);
+                    // Without the newline, as `scan_log` reports it.
+                    let len = self.log_buf.len() - start - 1;
+                    self.places.push((self.files.log_len + start as u64, len));
+                }
+                other => {
+                    registers |= matches!(other, Record::Register(..));
+                    write_state_line(&mut self.state_buf, other);
+                }
+            }
+        }
+        registers
+    }
+}
+
+/// The two append-only files, and how far `log.txt` goes.
+struct Files {
+    log: File,
+    state: Arc<File>,
+    log_len: u64,
+    durability: Durability,
+    /// With `fsync`: a thread that syncs `state.journal` while the writer
+    /// syncs `log.txt`, so that a batch waits for one disk flush, not two.
+    state_sync: Option<Syncer>,
+}
+
+impl Files {
+    fn open(dir: &Path, durability: Durability) -> Result<Self, ChatError> {
+        let open = |name: &str| -> Result<(File, PathBuf), ChatError> {
+            let path = dir.join(name);
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| ChatError::storage(&path, e))?;
+            Ok((f, path))
+        };
+        let (log, log_path) = open(LOG_FILE)?;
+        let (state, _) = open(STATE_FILE)?;
+        let log_len = log
+            .metadata()
+            .map_err(|e| ChatError::storage(&log_path, e))?
+            .len();
+        let state = Arc::new(state);
+        let state_sync = match durability {
+            Durability::Fsync => {
+                Some(Syncer::start(state.clone()).map_err(|e| ChatError::storage(dir, e))?)
+            }
+            Durability::Os => None,
+        };
+        Ok(Self {
+            log,
+            state,
+            log_len,
+            durability,
+            state_sync,
+        })
+    }
+
+    /// Appends one batch: each file with one `write`, then (with `fsync`)
+    /// both synced. A registration must be durable before any message
+    /// (from the client it registers) reaches `log.txt`, so a batch with
+    /// one syncs `state.journal` first. Acks alone may be synced beside
+    /// `log.txt`: an ack only ever names messages of earlier batches,
+    /// already durable (messages are delivered only once durable), and an
+    /// ack lost to a crash only means a redelivery.
+    fn append(&mut self, state_buf: &str, log_buf: &str, registers: bool) -> std::io::Result<()> {
+        let fsync = self.durability == Durability::Fsync;
+        let state_dirty = !state_buf.is_empty();
+        let log_dirty = !log_buf.is_empty();
+        if state_dirty {
+            (&*self.state).write_all(state_buf.as_bytes())?;
+        }
+        if fsync && registers {
+            self.state.sync_data()?;
+        }
+        if log_dirty {
+            self.log.write_all(log_buf.as_bytes())?;
+        }
+        if !fsync {
+            return Ok(());
+        }
+        let log = &self.log;
+        match (state_dirty && !registers, log_dirty, &self.state_sync) {
+            (true, true, Some(syncer)) => syncer.sync_beside(|| log.sync_data()),
+            (true, _, _) => self.state.sync_data(),
+            (false, true, _) => log.sync_data(),
+            (false, false, _) => Ok(()),
+        }
+    }
+}
+
+/// A thread that `fsync`s one file on request.
+struct Syncer {
+    go: std::sync::mpsc::SyncSender<()>,
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl Syncer {
+    fn start(file: Arc<File>) -> std::io::Result<Self> {
+        let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("chat-journal-sync".into())
+            .spawn(move || {
+                while go_rx.recv().is_ok() {
+                    if done_tx.send(file.sync_data()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { go, done })
+    }
+
+    /// Syncs the file while `other` runs on this thread; both results.
+    fn sync_beside(&self, other: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+        let stopped = || std::io::Error::other("the journal's sync thread stopped");
+        self.go.send(()).map_err(|_| stopped())?;
+        let mine = other();
+        let theirs = self.done.recv().unwrap_or_else(|_| Err(stopped()));
+        mine.and(theirs)
+    }
 }
 
 /// Appends the `state.journal` line of a registration or an ack.
@@ -437,16 +572,5 @@ pub fn compact_state(dir: &Path, snapshot: &[Record]) -> Result<(), ChatError> {
     file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
-}
-
-fn append(file: &mut File, buf: &str, durability: Durability) -> std::io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    file.write_all(buf.as_bytes())?;
-    if durability == Durability::Fsync {
-        file.sync_data()?;
-    }
     Ok(())
 }

@@ -1859,4 +1859,45 @@ mod tests {
             "{journal}"
         );
     }
+
+    /// With `--durability fsync` a batch of acks is synced beside the
+    /// messages of the same batch, and a batch with a registration in
+    /// order: whatever mix the writer saw, everything answered is replayed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fsync_batches_of_sends_acks_and_registrations_all_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || ServerConfig {
+            durability: Durability::Fsync,
+            ..ServerConfig::new(dir.path())
+        };
+        {
+            let s = Arc::new(ChatServer::open(config()).unwrap());
+            register(&s, "alice").await.unwrap();
+            register(&s, "bob").await.unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 1..=200u64 {
+                let s = s.clone();
+                tasks.spawn(async move {
+                    send(&s, "alice", "bob", &format!("m{n}")).await.unwrap();
+                    if n % 10 == 0 {
+                        s.ack(&me(&s, "bob"), "bob", n / 2).await.unwrap();
+                    }
+                    if n % 50 == 0 {
+                        register(&s, &format!("late-{n}")).await.unwrap();
+                        send(&s, &format!("late-{n}"), "bob", "hi").await.unwrap();
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            s.ack(&me(&s, "bob"), "bob", 150).await.unwrap();
+        }
+        let s = ChatServer::open(config()).unwrap();
+        assert_eq!(s.list().len(), 6, "alice, bob and four late clients");
+        let history = s.history(&me(&s, "alice"), "alice").await.unwrap();
+        assert_eq!(history.len(), 200);
+        let pending: Vec<_> = s.undelivered().iter().map(|m| m.seq).collect();
+        assert_eq!(pending, (151..=204).collect::<Vec<_>>());
+    }
 }
