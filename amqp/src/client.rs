@@ -284,6 +284,25 @@ impl Shared {
             bootstrap,
         ) = self.connect_broker(&name).await?;
         tracing::debug!(broker = %url, bootstrap, "connected");
+        let publish = self.open_publish(&conn).await?;
+        let (reply_queue, replies) = open_replies(&conn).await?;
+        let link = Arc::new(Link {
+            conn,
+            bootstrap,
+            publish,
+            reply_queue,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed) + 1,
+            node: index,
+            broken: watch::channel(None).0,
+            tasks: Mutex::new(Vec::new()),
+        });
+        self.read_replies(&link, replies);
+        Ok(link)
+    }
+
+    /// The channel that publishes requests, with publisher confirms on;
+    /// with the shared account, it declares the request queue and route.
+    async fn open_publish(&self, conn: &Connection) -> Result<Channel, AmqpError> {
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -293,44 +312,16 @@ impl Shared {
             topology::declare_server_queue(&publish, &self.names).await?;
             topology::declare_request_route(&publish, &self.names).await?;
         }
-        let replies = conn.create_channel().await?;
-        let queue = replies
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut consumer = replies
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let link = Arc::new(Link {
-            conn,
-            bootstrap,
-            publish,
-            reply_queue: queue.name().clone(),
-            generation: self.next_generation.fetch_add(1, Ordering::Relaxed) + 1,
-            node: index,
-            broken: watch::channel(None).0,
-            tasks: Mutex::new(Vec::new()),
-        });
+        Ok(publish)
+    }
+
+    /// Hands the replies that arrive on `link` to their requests, in a task
+    /// of the link; a broker failure ends the link.
+    fn read_replies(self: &Arc<Self>, link: &Arc<Link>, mut replies: lapin::Consumer) {
         let (me, l) = (self.clone(), link.clone());
         link.spawn(async move {
             // Replies; the stream ends when the connection does.
-            while let Some(next) = consumer.next().await {
+            while let Some(next) = replies.next().await {
                 match next {
                     Ok(d) => me.on_reply(d),
                     Err(e) => {
@@ -341,7 +332,6 @@ impl Shared {
             }
             l.trigger("the reply consumer was cancelled");
         });
-        Ok(link)
     }
 
     fn on_reply(&self, d: lapin::message::Delivery) {
@@ -609,105 +599,178 @@ impl Shared {
                 _ = stop.changed() => break,
                 r = link.wait_broken() => r,
             };
-            let mut relogin = reason == RELOGIN;
-            if relogin {
-                tracing::debug!("registered: logging in again as the own broker user");
-            } else {
-                // Info, not warn: the CLI shows the Reconnecting state itself.
-                tracing::info!("lost the broker connection: {reason}; reconnecting");
-                self.brokers.lost(link.node);
-            }
-            self.link.send_replace(None);
-            link.close().await;
-            let joined = self.joined();
-            if let Some(j) = &joined
-                && !relogin
-            {
-                j.state(ConnectionState::Reconnecting {
-                    reason: reason.clone(),
-                })
-                .await;
-            }
-            link = loop {
-                if !std::mem::take(&mut relogin) {
-                    let delay = backoff.next_delay();
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                match self.open_link().await {
-                    Ok(l) => break l,
-                    Err(e) => tracing::info!(
-                        "cannot reach the broker at {}: {e}; retrying",
-                        self.brokers.redacted()
-                    ),
+            let relogin = self.drop_link(&link, &reason).await;
+            let Some(next) = self.reconnect(relogin, &mut backoff, &mut stop).await else {
+                return;
+            };
+            link = next;
+            let reopened = match self.reopen_inbox(&link).await {
+                Ok(reopened) => reopened,
+                Err(e) => {
+                    link.trigger(e);
+                    continue;
                 }
             };
-            let rejoin = self.joined().filter(|_| !link.bootstrap);
-            let mut reopened = None;
-            if let Some(j) = rejoin {
-                match self.open_inbox(&link).await {
-                    Ok(inbox) => reopened = Some((inbox, j)),
-                    Err(None) => {
-                        let reason = format!("client {} is online elsewhere now", self.id);
-                        tracing::warn!("{reason}");
-                        lock(&self.joined).take();
-                        j.state(ConnectionState::Closed { reason }).await;
-                        // Ends the stream; nothing is left to acknowledge here.
-                        *j.sink.lock().await = None;
-                        *j.acks.lock().await = None;
-                    }
-                    Err(Some(e)) => {
-                        link.trigger(e);
-                        continue;
-                    }
-                }
-            }
             if !link.bootstrap {
                 backoff.reset();
             }
             self.link.send_replace(Some(link.clone()));
-            let again: Vec<(String, Vec<u8>)> = lock(&self.pending)
-                .iter()
-                .map(|(c, p)| (c.clone(), p.body.clone()))
-                .collect();
-            if !again.is_empty() {
-                tracing::info!(
-                    requests = again.len(),
-                    "publishing unanswered requests again"
-                );
-            }
-            for (corr, body) in again {
-                self.publish_request(&link, &corr, &body).await;
-            }
+            self.publish_pending(&link).await;
             if let Some((inbox, joined)) = reopened {
                 self.rejoin(&link, inbox, joined);
             }
             if link.bootstrap && self.joined().is_some() {
-                // Joined, but the broker refuses our own login: the user is
-                // gone (deleted by an operator, which also closed our
-                // connection, or lost by the broker). Register again; the
-                // server recreates the user, and the relogin that follows
-                // re-opens the inbox.
-                tracing::warn!(
-                    "the broker refuses the login as {}: registering again to get the broker user back",
-                    self.names.client_user(&self.id)
-                );
-                let (me, l) = (self.clone(), link.clone());
-                link.spawn(async move {
-                    let register = pb::request::Body::Register(pb::RegisterRequest {
-                        client_id: me.id.to_string(),
-                    });
-                    match me.request(register).await {
-                        Ok(_) => l.trigger(RELOGIN),
-                        Err(e) => l.trigger(format!("registering {} again failed: {e}", me.id)),
-                    }
-                });
+                self.register_again(&link);
             }
         }
         link.close().await;
     }
+
+    /// Takes down `link`, broken for `reason`, and tells the consumer of
+    /// `Incoming` (unless it is a relogin, which it does not see). True for
+    /// a relogin.
+    async fn drop_link(&self, link: &Link, reason: &str) -> bool {
+        let relogin = reason == RELOGIN;
+        if relogin {
+            tracing::debug!("registered: logging in again as the own broker user");
+        } else {
+            // Info, not warn: the CLI shows the Reconnecting state itself.
+            tracing::info!("lost the broker connection: {reason}; reconnecting");
+            self.brokers.lost(link.node);
+        }
+        self.link.send_replace(None);
+        link.close().await;
+        let joined = self.joined();
+        if let Some(j) = &joined
+            && !relogin
+        {
+            j.state(ConnectionState::Reconnecting {
+                reason: reason.to_owned(),
+            })
+            .await;
+        }
+        relogin
+    }
+
+    /// Opens a new link, retrying with `backoff` (a relogin tries the first
+    /// time at once). `None` once the client is dropped.
+    async fn reconnect(
+        self: &Arc<Self>,
+        mut relogin: bool,
+        backoff: &mut Backoff,
+        stop: &mut watch::Receiver<()>,
+    ) -> Option<Arc<Link>> {
+        loop {
+            if !std::mem::take(&mut relogin) {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = stop.changed() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            match self.open_link().await {
+                Ok(l) => return Some(l),
+                Err(e) => tracing::info!(
+                    "cannot reach the broker at {}: {e}; retrying",
+                    self.brokers.redacted()
+                ),
+            }
+        }
+    }
+
+    /// After a reconnection, if the client has joined (and `link` is not a
+    /// bootstrap one): consumes the inbox again, to be run by
+    /// [`Self::rejoin`]. If the ID is online elsewhere now, `Incoming` ends
+    /// instead. `Err`: a broker failure.
+    async fn reopen_inbox(&self, link: &Link) -> Result<Option<(Inbox, Joined)>, AmqpError> {
+        let Some(j) = self.joined().filter(|_| !link.bootstrap) else {
+            return Ok(None);
+        };
+        match self.open_inbox(link).await {
+            Ok(inbox) => Ok(Some((inbox, j))),
+            Err(None) => {
+                let reason = format!("client {} is online elsewhere now", self.id);
+                tracing::warn!("{reason}");
+                lock(&self.joined).take();
+                j.state(ConnectionState::Closed { reason }).await;
+                // Ends the stream; nothing is left to acknowledge here.
+                *j.sink.lock().await = None;
+                *j.acks.lock().await = None;
+                Ok(None)
+            }
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// Publishes every request still waiting for its reply again, on the
+    /// new `link` (with its reply queue).
+    async fn publish_pending(&self, link: &Link) {
+        let again: Vec<(String, Vec<u8>)> = lock(&self.pending)
+            .iter()
+            .map(|(c, p)| (c.clone(), p.body.clone()))
+            .collect();
+        if !again.is_empty() {
+            tracing::info!(
+                requests = again.len(),
+                "publishing unanswered requests again"
+            );
+        }
+        for (corr, body) in again {
+            self.publish_request(link, &corr, &body).await;
+        }
+    }
+
+    /// Joined, but the broker refuses our own login: the user is gone
+    /// (deleted by an operator, which also closed our connection, or lost
+    /// by the broker). Registers again, in a task of the bootstrap `link`;
+    /// the server recreates the user, and the relogin that follows re-opens
+    /// the inbox.
+    fn register_again(self: &Arc<Self>, link: &Arc<Link>) {
+        tracing::warn!(
+            "the broker refuses the login as {}: registering again to get the broker user back",
+            self.names.client_user(&self.id)
+        );
+        let (me, l) = (self.clone(), link.clone());
+        link.spawn(async move {
+            let register = pb::request::Body::Register(pb::RegisterRequest {
+                client_id: me.id.to_string(),
+            });
+            match me.request(register).await {
+                Ok(_) => l.trigger(RELOGIN),
+                Err(e) => l.trigger(format!("registering {} again failed: {e}", me.id)),
+            }
+        });
+    }
+}
+
+/// Declares this connection's reply queue (exclusive, server-named) and
+/// consumes it with auto-ack; returns its name and the consumer.
+async fn open_replies(conn: &Connection) -> Result<(ShortString, lapin::Consumer), AmqpError> {
+    let replies = conn.create_channel().await?;
+    let queue = replies
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = replies
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }
 
 /// The reason a bootstrap link is closed after a registration: the manager

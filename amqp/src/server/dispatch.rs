@@ -13,6 +13,8 @@ use super::presence;
 use crate::error::{AmqpError, error_reply, error_reply_with};
 use crate::{request, topology};
 
+/// Decodes a request from `<ns>.server` and starts its handling in `tasks`;
+/// sends are accepted before this returns (see [`accept_send`]).
 pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: &mut JoinSet<()>) {
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
     let body = request::decode(kind, &delivery.data);
@@ -36,85 +38,125 @@ pub(super) fn dispatch(generation: &Arc<Generation>, delivery: Delivery, tasks: 
         return;
     }
     match body {
-        Err(why) => {
-            tracing::warn!(
-                bytes = request.delivery.data.len(),
-                reply_to = ?request.reply_to,
-                "rejecting a request: {why}"
-            );
-            tasks.spawn(async move {
-                g.server.metrics().refused(why.code());
-                let reply = error_reply(&why);
-                g.reply(&request, reply).await;
-                request.dead_letter(&g).await;
-            });
-        }
-        Ok((pb::request::Body::Send(send), creds)) => {
-            // Accepted here, in delivery order: the recipient's seq is
-            // assigned before this returns, so messages from one sender
-            // keep the order in which they were queued.
-            g.server.metrics().send_batch(1);
-            let admitted = g.server.authenticate(&creds).and_then(|principal| {
-                let cmd = SendCommand::parse(send, &g.server.limits())?;
-                g.server.accept(&principal, cmd)
-            });
-            tasks.spawn(async move {
-                let result = match admitted {
-                    Ok(admitted) => admitted.durable().await,
-                    Err(e) => Err(e),
-                };
-                finish_send(&g, request, result).await;
-            });
-        }
+        Err(why) => refuse_malformed(g, request, why, tasks),
+        Ok((pb::request::Body::Send(send), creds)) => accept_send(g, request, send, &creds, tasks),
         Ok((pb::request::Body::SendBatch(batch), creds)) => {
-            // Accepted here too, in delivery order, each send in turn.
-            let admitted = g
-                .server
-                .authenticate(&creds)
-                .and_then(|principal| g.server.accept_batch(&principal, batch.sends));
-            tasks.spawn(async move {
-                match admitted {
-                    Ok(admitted) => finish_batch(&g, request, admitted.durable().await).await,
-                    Err(e) => finish_send(&g, request, Err(e)).await,
-                }
-            });
+            accept_batch(g, request, batch, &creds, tasks);
         }
         Ok((other, creds)) => {
             tasks.spawn(async move {
-                let result = match other {
-                    pb::request::Body::Register(r) => register(&g, &creds, &r.client_id).await,
-                    pb::request::Body::ListClients(_) => Ok(list(&g)),
-                    pb::request::Body::Join(j) => presence::join(&g, &creds, &j.client_id).await,
-                    pb::request::Body::History(h) => history(&g, &creds, h).await,
-                    pb::request::Body::Send(_) | pb::request::Body::SendBatch(_) => {
-                        unreachable!("handled above")
-                    }
-                };
-                match result {
-                    Ok(body) => {
-                        g.reply(&request, pb::Reply { body: Some(body) }).await;
-                        request.ack(&g).await;
-                    }
-                    Err(AmqpError::Chat(ChatError::ShuttingDown)) => {}
-                    Err(AmqpError::Chat(e)) => {
-                        g.server.metrics().refused(e.code());
-                        g.reply(&request, error_reply(&e)).await;
-                        request.ack(&g).await;
-                    }
-                    Err(e @ (AmqpError::Management(_) | AmqpError::ManagementUnreachable(_))) => {
-                        // The ID is registered; its broker user is not (yet).
-                        // The client may register again (idempotent).
-                        tracing::error!("{e}");
-                        // The details (the management URL) stay in the log.
-                        let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
-                        g.server.metrics().refused(ErrorCode::Unavailable);
-                        g.reply(&request, error_reply_with(ErrorCode::Unavailable, why)).await;
-                        request.ack(&g).await;
-                    }
-                    Err(e) => g.broken.trigger(e),
-                }
+                let result = handle(&g, &creds, other).await;
+                finish(&g, request, result).await;
             });
         }
+    }
+}
+
+/// A request that does not decode: refused with an error reply and
+/// dead-lettered.
+fn refuse_malformed(g: Arc<Generation>, request: Request, why: ChatError, tasks: &mut JoinSet<()>) {
+    tracing::warn!(
+        bytes = request.delivery.data.len(),
+        reply_to = ?request.reply_to,
+        "rejecting a request: {why}"
+    );
+    tasks.spawn(async move {
+        g.server.metrics().refused(why.code());
+        let reply = error_reply(&why);
+        g.reply(&request, reply).await;
+        request.dead_letter(&g).await;
+    });
+}
+
+/// A `Send`: accepted here, in delivery order (the recipient's seq is
+/// assigned before this returns, so messages from one sender keep the
+/// order in which they were queued); answered in `tasks`.
+fn accept_send(
+    g: Arc<Generation>,
+    request: Request,
+    send: pb::SendRequest,
+    creds: &Credentials,
+    tasks: &mut JoinSet<()>,
+) {
+    g.server.metrics().send_batch(1);
+    let admitted = g.server.authenticate(creds).and_then(|principal| {
+        let cmd = SendCommand::parse(send, &g.server.limits())?;
+        g.server.accept(&principal, cmd)
+    });
+    tasks.spawn(async move {
+        let result = match admitted {
+            Ok(admitted) => admitted.durable().await,
+            Err(e) => Err(e),
+        };
+        finish_send(&g, request, result).await;
+    });
+}
+
+/// A `SendBatch`: accepted here too, in delivery order, each send in turn;
+/// answered in `tasks`.
+fn accept_batch(
+    g: Arc<Generation>,
+    request: Request,
+    batch: pb::SendBatchRequest,
+    creds: &Credentials,
+    tasks: &mut JoinSet<()>,
+) {
+    let admitted = g
+        .server
+        .authenticate(creds)
+        .and_then(|principal| g.server.accept_batch(&principal, batch.sends));
+    tasks.spawn(async move {
+        match admitted {
+            Ok(admitted) => finish_batch(&g, request, admitted.durable().await).await,
+            Err(e) => finish_send(&g, request, Err(e)).await,
+        }
+    });
+}
+
+/// Runs a request other than a send on chat-core.
+async fn handle(
+    g: &Generation,
+    creds: &Credentials,
+    body: pb::request::Body,
+) -> Result<pb::reply::Body, AmqpError> {
+    match body {
+        pb::request::Body::Register(r) => register(g, creds, &r.client_id).await,
+        pb::request::Body::ListClients(_) => Ok(list(g)),
+        pb::request::Body::Join(j) => presence::join(g, creds, &j.client_id).await,
+        pb::request::Body::History(h) => history(g, creds, h).await,
+        // `dispatch` hands sends to `accept_send` and `accept_batch`.
+        pb::request::Body::Send(_) | pb::request::Body::SendBatch(_) => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// Answers and acknowledges a request other than a send ([`handle`]'s
+/// `result`); a broker failure ends the generation instead.
+async fn finish(g: &Generation, request: Request, result: Result<pb::reply::Body, AmqpError>) {
+    match result {
+        Ok(body) => {
+            g.reply(&request, pb::Reply { body: Some(body) }).await;
+            request.ack(g).await;
+        }
+        Err(AmqpError::Chat(ChatError::ShuttingDown)) => {}
+        Err(AmqpError::Chat(e)) => {
+            g.server.metrics().refused(e.code());
+            g.reply(&request, error_reply(&e)).await;
+            request.ack(g).await;
+        }
+        Err(e @ (AmqpError::Management(_) | AmqpError::ManagementUnreachable(_))) => {
+            // The ID is registered; its broker user is not (yet).
+            // The client may register again (idempotent).
+            tracing::error!("{e}");
+            // The details (the management URL) stay in the log.
+            let why = "the server cannot create this client's broker user right now (its log says why); register again later".to_owned();
+            g.server.metrics().refused(ErrorCode::Unavailable);
+            g.reply(&request, error_reply_with(ErrorCode::Unavailable, why))
+                .await;
+            request.ack(g).await;
+        }
+        Err(e) => g.broken.trigger(e),
     }
 }
 

@@ -79,7 +79,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 mod dispatch;
 mod forwarder;
@@ -124,125 +124,37 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AmqpError> {
     let names = config.names()?;
-    let brokers = config.brokers();
-    if let Err(e) = brokers.check() {
-        server.shutdown();
-        return Err(e);
-    }
-    let users = match config.broker_auth {
-        BrokerAuth::Shared => None,
-        BrokerAuth::PerClient => {
-            let Some(management) = &config.management_url else {
-                server.shutdown();
-                return Err(AmqpError::Config(
-                    "--broker-auth per-client needs --management-url (CHAT_AMQP_MANAGEMENT_URL), the RabbitMQ management API with an administrator account, e.g. http://guest:guest@127.0.0.1:15672".into(),
-                ));
-            };
-            let setup =
-                BrokerUsers::setup(management, &config.url, &names, &config.register_password);
-            match setup.await {
-                Ok(users) => Some(Arc::new(users)),
-                Err(e) => {
-                    server.shutdown();
-                    return Err(e);
-                }
-            }
+    let (brokers, users) = match prepare(&config, &names).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            server.shutdown();
+            return Err(e);
         }
     };
+    let service = Service {
+        server: &server,
+        users,
+        batching: config.batching,
+    };
     let mut shutdown = pin!(shutdown.fuse());
-    let mut backoff = Backoff::new();
-    let mut served = false;
-    let started = tokio::time::Instant::now();
+    let mut retry = Retry::new();
     loop {
-        let attempt = connect(&brokers, &names);
-        let conn = tokio::select! {
-            () = &mut shutdown => break,
-            r = attempt => r,
+        let attempt = connect_with_backoff(&brokers, &names, &mut retry.backoff, &mut shutdown);
+        let Some(connected) = attempt.await else {
+            break;
         };
-        let Connected {
-            conn,
-            index,
-            url,
-            vhost,
-        } = match conn {
-            Ok(connected) => connected,
-            Err(why) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "waiting for the broker at {}: {why}; retrying in {:.1}s",
-                    brokers.redacted(),
-                    delay.as_secs_f64()
-                );
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        tracing::info!(
-            broker = %url,
-            namespace = names.namespace(),
-            queue_type = %names.queue_type(),
-            heartbeat_secs = conn.configuration().heartbeat(),
-            "connected to the broker"
-        );
-        let place = Place {
-            names: &names,
-            url: &url,
-            vhost: &vhost,
-        };
-        let outcome = serve(
-            &conn,
-            &server,
-            place,
-            users.clone(),
-            config.batching,
-            &mut shutdown,
-        )
-        .await;
+        let outcome = service.serve_on(&connected, &names, &mut shutdown).await;
         if matches!(outcome, Outcome::Lost(_) | Outcome::SetupFailed(_)) {
             // The next attempt starts with the next node of the list.
-            brokers.lost(index);
+            brokers.lost(connected.index);
         }
-        let delay = match outcome {
-            Outcome::Shutdown => break,
-            Outcome::Lost(reason) => {
-                tracing::warn!("lost the broker connection ({url}): {reason}; reconnecting");
-                served = true;
-                backoff.reset();
-                backoff.next_delay()
+        let delay = match retry.after(outcome, &names, &connected.url) {
+            Next::Stop => break,
+            Next::Fail(e) => {
+                server.shutdown();
+                return Err(e);
             }
-            Outcome::SetupFailed(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "cannot set up on the broker at {url}: {reason}; retrying in {:.1}s",
-                    delay.as_secs_f64()
-                );
-                delay
-            }
-            Outcome::NoEvents(e) => {
-                if !served {
-                    server.shutdown();
-                    return Err(e);
-                }
-                let delay = backoff.next_delay();
-                tracing::error!("reconnecting: {e}; retrying in {:.1}s", delay.as_secs_f64());
-                delay
-            }
-            Outcome::Taken => {
-                let taken = taken_error(&names);
-                if !served && started.elapsed() >= TAKEN_GRACE {
-                    server.shutdown();
-                    return Err(taken);
-                }
-                let delay = backoff.next_delay();
-                let when = if served { "reconnecting" } else { "starting" };
-                tracing::error!(
-                    "{when}: {taken}; serving again once it is gone, retrying in {:.1}s",
-                    delay.as_secs_f64()
-                );
-                delay
-            }
+            Next::Wait(delay) => delay,
         };
         tokio::select! {
             () = &mut shutdown => break,
@@ -252,6 +164,178 @@ pub async fn run(
     server.shutdown();
     tracing::info!("amqp-server stopped");
     Ok(())
+}
+
+/// Checks the broker list and, in per-client mode, sets up the broker
+/// users (see `broker_users`): what the server needs before it connects.
+async fn prepare(
+    config: &AmqpConfig,
+    names: &Names,
+) -> Result<(Brokers, Option<Arc<BrokerUsers>>), AmqpError> {
+    let brokers = config.brokers();
+    brokers.check()?;
+    let users = match config.broker_auth {
+        BrokerAuth::Shared => None,
+        BrokerAuth::PerClient => {
+            let Some(management) = &config.management_url else {
+                return Err(AmqpError::Config(
+                    "--broker-auth per-client needs --management-url (CHAT_AMQP_MANAGEMENT_URL), the RabbitMQ management API with an administrator account, e.g. http://guest:guest@127.0.0.1:15672".into(),
+                ));
+            };
+            let setup =
+                BrokerUsers::setup(management, &config.url, names, &config.register_password);
+            Some(Arc::new(setup.await?))
+        }
+    };
+    Ok((brokers, users))
+}
+
+/// Connects to a broker of the list, retrying with `backoff` and saying so
+/// in the log until one answers. `None` once `shutdown` resolves first.
+async fn connect_with_backoff(
+    brokers: &Brokers,
+    names: &Names,
+    backoff: &mut Backoff,
+    shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
+) -> Option<Connected> {
+    loop {
+        let attempt = connect(brokers, names);
+        let conn = tokio::select! {
+            () = &mut *shutdown => return None,
+            r = attempt => r,
+        };
+        let why = match conn {
+            Ok(connected) => return Some(connected),
+            Err(why) => why,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            "waiting for the broker at {}: {why}; retrying in {:.1}s",
+            brokers.redacted(),
+            delay.as_secs_f64()
+        );
+        tokio::select! {
+            () = &mut *shutdown => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// What every generation serves with, whatever broker it is on.
+struct Service<'a> {
+    server: &'a ChatServer,
+    /// Per-client mode: creates a client's broker user at registration.
+    users: Option<Arc<BrokerUsers>>,
+    /// Adaptive batching of deliveries (`--batching`).
+    batching: bool,
+}
+
+impl Service<'_> {
+    /// Serves one generation on a fresh connection, saying in the log
+    /// where it is connected.
+    async fn serve_on(
+        &self,
+        connected: &Connected,
+        names: &Names,
+        shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
+    ) -> Outcome {
+        let conn = &connected.conn;
+        tracing::info!(
+            broker = %connected.url,
+            namespace = names.namespace(),
+            queue_type = %names.queue_type(),
+            heartbeat_secs = conn.configuration().heartbeat(),
+            "connected to the broker"
+        );
+        let place = Place {
+            names,
+            url: &connected.url,
+            vhost: &connected.vhost,
+        };
+        serve(conn, self, place, shutdown).await
+    }
+}
+
+/// What the server does after a generation ended.
+enum Next {
+    /// Shut down.
+    Stop,
+    /// Give up: the server cannot serve (at start).
+    Fail(AmqpError),
+    /// Connect again after this delay.
+    Wait(Duration),
+}
+
+/// The reconnection policy: the backoff between connections, and whether
+/// the server has served already (a server that has gives nothing up).
+struct Retry {
+    backoff: Backoff,
+    /// A generation has served requests (its connection was lost after).
+    served: bool,
+    /// When the server started: a namespace taken at start is retried for
+    /// [`TAKEN_GRACE`].
+    started: tokio::time::Instant,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            backoff: Backoff::new(),
+            served: false,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Decides, and logs, what follows a generation that ended with
+    /// `outcome` on the broker at `url`.
+    fn after(&mut self, outcome: Outcome, names: &Names, url: &str) -> Next {
+        match outcome {
+            Outcome::Shutdown => Next::Stop,
+            Outcome::Lost(reason) => {
+                tracing::warn!("lost the broker connection ({url}): {reason}; reconnecting");
+                self.served = true;
+                self.backoff.reset();
+                Next::Wait(self.backoff.next_delay())
+            }
+            Outcome::SetupFailed(reason) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(
+                    "cannot set up on the broker at {url}: {reason}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                Next::Wait(delay)
+            }
+            Outcome::NoEvents(e) => {
+                if !self.served {
+                    return Next::Fail(e);
+                }
+                let delay = self.backoff.next_delay();
+                tracing::error!("reconnecting: {e}; retrying in {:.1}s", delay.as_secs_f64());
+                Next::Wait(delay)
+            }
+            Outcome::Taken => self.after_taken(names),
+        }
+    }
+
+    /// Another server holds the namespace: fatal at start once
+    /// [`TAKEN_GRACE`] has passed, retried otherwise.
+    fn after_taken(&mut self, names: &Names) -> Next {
+        let taken = taken_error(names);
+        if !self.served && self.started.elapsed() >= TAKEN_GRACE {
+            return Next::Fail(taken);
+        }
+        let delay = self.backoff.next_delay();
+        let when = if self.served {
+            "reconnecting"
+        } else {
+            "starting"
+        };
+        tracing::error!(
+            "{when}: {taken}; serving again once it is gone, retrying in {:.1}s",
+            delay.as_secs_f64()
+        );
+        Next::Wait(delay)
+    }
 }
 
 /// A healthcheck: the broker answers and some server consumes `<ns>.server`.
@@ -395,22 +479,15 @@ async fn setup(conn: &Connection, place: Place<'_>) -> Result<Parts, AmqpError> 
     })
 }
 
+/// Runs one generation on `conn`: sets up, reads the client queues back,
+/// starts the background tasks and serves requests until the connection
+/// fails or `shutdown` resolves. Closes the connection in every case.
 async fn serve(
     conn: &Connection,
-    server: &ChatServer,
+    service: &Service<'_>,
     place: Place<'_>,
-    users: Option<Arc<BrokerUsers>>,
-    batching: bool,
     shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
 ) -> Outcome {
-    let names = place.names;
-    let set_up = tokio::select! {
-        () = &mut *shutdown => {
-            close_connection(conn, "amqp-server closing").await;
-            return Outcome::Shutdown;
-        }
-        r = setup(conn, place) => r,
-    };
     let Parts {
         consume,
         publish,
@@ -418,80 +495,156 @@ async fn serve(
         admin,
         mut consumer,
         events,
-    } = match set_up {
+    } = match set_up(conn, place, shutdown).await {
         Ok(parts) => parts,
-        Err(e) => {
-            close_connection(conn, "amqp-server closing").await;
-            return match e {
-                e if is_taken(&e) => Outcome::Taken,
-                e @ AmqpError::EventsMissing { .. } => Outcome::NoEvents(e),
-                e => Outcome::SetupFailed(e.to_string()),
-            };
-        }
+        Err(outcome) => return outcome,
     };
     let generation = Arc::new(Generation {
-        server: server.clone(),
-        names: names.clone(),
+        server: service.server.clone(),
+        names: place.names.clone(),
         publish,
         replies,
         admin,
         vhost: place.vhost.to_owned(),
         declared: Mutex::new(HashSet::new()),
         broken: Broken::new(),
-        batching,
-        users,
+        batching: service.batching,
+        users: service.users.clone(),
     });
-    // Requests and events wait in their queues until the survey is done.
+    if let Err(outcome) = survey(conn, &generation, shutdown).await {
+        return outcome;
+    }
+    let mut tasks = JoinSet::new();
+    let background = Background::spawn(&generation, events);
+    tracing::info!(
+        queue = %place.names.server_queue(),
+        undelivered = service.server.undelivered_count(),
+        "serving requests"
+    );
+    let outcome = serve_requests(&generation, &consume, &mut consumer, &mut tasks, shutdown).await;
+    tasks.abort_all();
+    background.abort();
+    // Closed while the channels are still open, so that lapin does not see
+    // them close underneath a closing connection.
+    close_connection(conn, "amqp-server closing").await;
+    outcome
+}
+
+/// [`setup`], unless `shutdown` comes first. Either way short of success
+/// closes the connection and says what follows.
+async fn set_up(
+    conn: &Connection,
+    place: Place<'_>,
+    shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
+) -> Result<Parts, Outcome> {
+    let set_up = tokio::select! {
+        () = &mut *shutdown => {
+            close_connection(conn, "amqp-server closing").await;
+            return Err(Outcome::Shutdown);
+        }
+        r = setup(conn, place) => r,
+    };
+    match set_up {
+        Ok(parts) => Ok(parts),
+        Err(e) => {
+            close_connection(conn, "amqp-server closing").await;
+            Err(match e {
+                e if is_taken(&e) => Outcome::Taken,
+                e @ AmqpError::EventsMissing { .. } => Outcome::NoEvents(e),
+                e => Outcome::SetupFailed(e.to_string()),
+            })
+        }
+    }
+}
+
+/// [`recount::survey`], unless `shutdown` comes first. Requests and events
+/// wait in their queues until it is done. Either way short of success
+/// closes the connection and says what follows.
+async fn survey(
+    conn: &Connection,
+    generation: &Generation,
+    shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
+) -> Result<(), Outcome> {
     let surveyed = tokio::select! {
         () = &mut *shutdown => Err(None),
-        r = recount::survey(&generation) => r.map_err(Some),
+        r = recount::survey(generation) => r.map_err(Some),
     };
     if let Err(e) = surveyed {
         close_connection(conn, "amqp-server closing").await;
-        return match e {
+        return Err(match e {
             None => Outcome::Shutdown,
             Some(e) => Outcome::Lost(format!("reading the client queues back: {e}")),
-        };
+        });
     }
-    let mut tasks = JoinSet::new();
-    // Whatever was accepted but never confirmed (by the previous process or
-    // connection) goes out first.
-    let forwarder = tokio::spawn(forwarder::forward(generation.clone()));
-    let recounter = tokio::spawn(recount::recount(generation.clone()));
-    let watcher = tokio::spawn(presence::watch(generation.clone(), events));
-    tracing::info!(
-        queue = %names.server_queue(),
-        undelivered = server.undelivered_count(),
-        "serving requests"
-    );
+    Ok(())
+}
 
-    let outcome = loop {
+/// The generation's background tasks: `forwarder`, `recount` and the
+/// event watcher of `presence`.
+struct Background {
+    forwarder: JoinHandle<()>,
+    recounter: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+impl Background {
+    /// Starts them, the forwarder first: whatever was accepted but never
+    /// confirmed (by the previous process or connection) goes out first.
+    fn spawn(generation: &Arc<Generation>, events: lapin::Consumer) -> Self {
+        Self {
+            forwarder: tokio::spawn(forwarder::forward(generation.clone())),
+            recounter: tokio::spawn(recount::recount(generation.clone())),
+            watcher: tokio::spawn(presence::watch(generation.clone(), events)),
+        }
+    }
+
+    fn abort(&self) {
+        self.forwarder.abort();
+        self.recounter.abort();
+        self.watcher.abort();
+    }
+}
+
+/// Hands each request to `dispatch` until the generation breaks, the
+/// broker cancels the consumer or `shutdown` resolves (then [`drain`]).
+async fn serve_requests(
+    generation: &Arc<Generation>,
+    consume: &Channel,
+    consumer: &mut lapin::Consumer,
+    tasks: &mut JoinSet<()>,
+    shutdown: &mut (impl futures::future::FusedFuture<Output = ()> + Unpin),
+) -> Outcome {
+    loop {
         tokio::select! {
             () = &mut *shutdown => {
-                let _ = consume.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await;
-                let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                    while tasks.join_next().await.is_some() {}
-                }).await;
-                if drained.is_err() {
-                    tracing::warn!(left = tasks.len(), "shutting down with requests in flight; the broker will redeliver them");
-                }
+                drain(consume, tasks).await;
                 break Outcome::Shutdown;
             }
             reason = generation.broken.wait() => break Outcome::Lost(reason),
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => dispatch::dispatch(&generation, delivery, &mut tasks),
+                Some(Ok(delivery)) => dispatch::dispatch(generation, delivery, tasks),
                 Some(Err(e)) => break Outcome::Lost(e.to_string()),
                 None => break Outcome::Lost("the broker cancelled the request consumer".into()),
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
-    };
-    tasks.abort_all();
-    forwarder.abort();
-    recounter.abort();
-    watcher.abort();
-    // Closed while the channels are still open, so that lapin does not see
-    // them close underneath a closing connection.
-    close_connection(conn, "amqp-server closing").await;
-    outcome
+    }
+}
+
+/// On shutdown: stops taking requests and gives those in flight
+/// [`DRAIN_TIMEOUT`] to finish.
+async fn drain(consume: &Channel, tasks: &mut JoinSet<()>) {
+    let _ = consume
+        .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+        .await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutting down with requests in flight; the broker will redeliver them"
+        );
+    }
 }
