@@ -20,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::probe::{self, Probe};
@@ -88,12 +89,62 @@ pub async fn run<C: ChatClient>(
     live: Arc<Live>,
     marks: Marks,
 ) -> anyhow::Result<Outcome> {
-    let n = point.clients;
-    let ids: Vec<ClientId> = (0..n)
+    let ids: Vec<ClientId> = (0..point.clients)
         .map(|i| ClientId::parse(&format!("{tag}-{i}")))
         .collect::<Result<_, _>>()?;
+    let (clients, incomings, setup_us) = join_all::<C>(config, &ids, point).await?;
+    let senders = point.pattern.senders(point.clients);
+    let permits = window_permits(point);
 
-    // Connect and join everyone first: registration is not what is measured.
+    let epoch = Instant::now();
+    let warmup_ns = point.warmup.as_nanos() as u64;
+    let window = Window {
+        start_ns: warmup_ns,
+        end_ns: warmup_ns + point.duration.as_nanos() as u64,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers = spawn_receivers(incomings, tag, epoch, window, &permits, &live, &stop_rx);
+
+    let plan = Arc::new(SendPlan {
+        tag: tag.to_owned(),
+        epoch,
+        window,
+        point: point.clone(),
+        ids,
+    });
+    let sending = start_sending(&plan, &clients, &senders, &permits, &live)?;
+
+    // Process figures are sampled over the measured window only.
+    tokio::time::sleep_until(epoch + point.warmup).await;
+    marks.set(Phase::Window);
+    tokio::time::sleep_until(epoch + point.warmup + point.duration).await;
+    marks.set(Phase::Ended);
+
+    let (sender_logs, drain) = finish_sending(sending, point, &live).await?;
+    let _ = stop_tx.send(true);
+    let mut receiver_logs = Vec::new();
+    for r in receivers {
+        receiver_logs.push(r.await?);
+    }
+    drop(clients);
+    Ok(Outcome {
+        totals: tally(&sender_logs, &receiver_logs),
+        epoch,
+        window,
+        setup_us,
+        drain,
+    })
+}
+
+/// Connects and joins every client of `ids` (at most
+/// [`CONNECT_CONCURRENCY`] at once): registration is not what is measured.
+/// Returns the clients and their incoming streams in the order of `ids`,
+/// with the histogram of each one's connect + join time.
+async fn join_all<C: ChatClient>(
+    config: &C::Config,
+    ids: &[ClientId],
+    point: &Point,
+) -> anyhow::Result<(Vec<C>, Vec<Incoming>, hdrhistogram::Histogram<u64>)> {
     let mut setup_us = crate::record::histogram();
     let joined: Vec<(usize, C, Incoming, Duration)> =
         futures::stream::iter(ids.iter().cloned().enumerate())
@@ -116,18 +167,22 @@ pub async fn run<C: ChatClient>(
                     limit_hint(point)
                 )
             })?;
-    let mut clients: Vec<Option<(C, Incoming)>> = (0..n).map(|_| None).collect();
+    let mut clients: Vec<Option<(C, Incoming)>> = (0..ids.len()).map(|_| None).collect();
     for (i, c, inc, took) in joined {
         setup_us.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
         clients[i] = Some((c, inc));
     }
-    let (clients, incomings): (Vec<C>, Vec<Incoming>) = clients
+    let (clients, incomings) = clients
         .into_iter()
         .map(|c| c.expect("every client joined"))
         .unzip();
+    Ok((clients, incomings, setup_us))
+}
 
-    let senders = point.pattern.senders(n);
-    let permits: Vec<Arc<Semaphore>> = (0..n)
+/// One semaphore per client: the closed loop's window of messages between
+/// "send" and "shown" (none in the open loop, which does not use them).
+fn window_permits(point: &Point) -> Vec<Arc<Semaphore>> {
+    (0..point.clients)
         .map(|_| {
             let w = match point.load {
                 Load::Window(w) => w as usize,
@@ -135,16 +190,19 @@ pub async fn run<C: ChatClient>(
             };
             Arc::new(Semaphore::new(w))
         })
-        .collect();
+        .collect()
+}
 
-    let epoch = Instant::now();
-    let warmup_ns = point.warmup.as_nanos() as u64;
-    let window = Window {
-        start_ns: warmup_ns,
-        end_ns: warmup_ns + point.duration.as_nanos() as u64,
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-
+/// Starts one [`receive`] task per client, in client order.
+fn spawn_receivers(
+    incomings: Vec<Incoming>,
+    tag: &str,
+    epoch: Instant,
+    window: Window,
+    permits: &[Arc<Semaphore>],
+    live: &Arc<Live>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<ReceiverLog>> {
     let mut receivers = Vec::new();
     for (i, incoming) in incomings.into_iter().enumerate() {
         receivers.push(tokio::spawn(receive(
@@ -153,19 +211,32 @@ pub async fn run<C: ChatClient>(
             tag.to_owned(),
             epoch,
             window,
-            permits.clone(),
+            permits.to_vec(),
             live.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         )));
     }
+    receivers
+}
 
-    let plan = Arc::new(SendPlan {
-        tag: tag.to_owned(),
-        epoch,
-        window,
-        point: point.clone(),
-        ids: ids.clone(),
-    });
+/// The sending side of a run under way.
+struct Sending {
+    /// The open loop's [`pace`] thread.
+    pacer: Option<std::thread::JoinHandle<()>>,
+    /// One [`send`] task per sender.
+    tasks: Vec<JoinHandle<SenderLog>>,
+}
+
+/// Starts the open loop's [`pace`] thread (for a rate) and one [`send`]
+/// task per sender (`senders` holds their client indices).
+fn start_sending<C: ChatClient>(
+    plan: &Arc<SendPlan>,
+    clients: &[C],
+    senders: &[usize],
+    permits: &[Arc<Semaphore>],
+    live: &Arc<Live>,
+) -> std::io::Result<Sending> {
+    let point = &plan.point;
     let mut pacer = None;
     let mut slot_rx: Vec<Option<mpsc::UnboundedReceiver<Instant>>> =
         (0..senders.len()).map(|_| None).collect();
@@ -174,16 +245,16 @@ pub async fn run<C: ChatClient>(
             .map(|_| mpsc::unbounded_channel())
             .unzip();
         slot_rx = rxs.into_iter().map(Some).collect();
-        let end = epoch + point.warmup + point.duration;
+        let (epoch, end) = (plan.epoch, plan.epoch + point.warmup + point.duration);
         pacer = Some(
             std::thread::Builder::new()
                 .name("loadgen-pacer".into())
                 .spawn(move || pace(rate, epoch, end, &txs))?,
         );
     }
-    let mut sending = Vec::new();
+    let mut tasks = Vec::new();
     for (k, &s) in senders.iter().enumerate() {
-        sending.push(tokio::spawn(send(
+        tasks.push(tokio::spawn(send(
             plan.clone(),
             clients[s].clone(),
             s,
@@ -192,22 +263,25 @@ pub async fn run<C: ChatClient>(
             live.clone(),
         )));
     }
+    Ok(Sending { pacer, tasks })
+}
 
-    // Process figures are sampled over the measured window only.
-    tokio::time::sleep_until(epoch + point.warmup).await;
-    marks.set(Phase::Window);
-    tokio::time::sleep_until(epoch + point.warmup + point.duration).await;
-    marks.set(Phase::Ended);
-
-    if let Some(p) = pacer {
+/// Waits for the pacer and the senders to stop, then drains: waits until
+/// everything accepted was shown, or gives up after the point's drain
+/// timeout. Returns the senders' logs and how long the drain took.
+async fn finish_sending(
+    sending: Sending,
+    point: &Point,
+    live: &Live,
+) -> anyhow::Result<(Vec<SenderLog>, Duration)> {
+    if let Some(p) = sending.pacer {
         let _ = tokio::task::spawn_blocking(move || p.join()).await;
     }
     let mut sender_logs = Vec::new();
-    for s in sending {
+    for s in sending.tasks {
         sender_logs.push(s.await?);
     }
     let sends_done = Instant::now();
-    // Drain: wait until everything accepted was shown, or give up.
     let accepted: u64 = sender_logs.iter().map(|s| s.accepted).sum();
     let failed = live.errors.load(Ordering::Relaxed);
     let drain_deadline = sends_done + point.drain;
@@ -216,20 +290,7 @@ pub async fn run<C: ChatClient>(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let drain = sends_done.elapsed();
-    let _ = stop_tx.send(true);
-    let mut receiver_logs = Vec::new();
-    for r in receivers {
-        receiver_logs.push(r.await?);
-    }
-    drop(clients);
-    Ok(Outcome {
-        totals: tally(&sender_logs, &receiver_logs),
-        epoch,
-        window,
-        setup_us,
-        drain,
-    })
+    Ok((sender_logs, sends_done.elapsed()))
 }
 
 /// Whether the drain may stop: `delivered` counts every probe shown, also
@@ -307,6 +368,20 @@ struct Recipients {
 }
 
 impl Recipients {
+    /// The recipients of client `me` in the point's pattern; the random
+    /// ones come from a generator seeded by the point's seed and `me`.
+    fn of(point: &Point, me: usize) -> Self {
+        Self {
+            fixed: point.pattern.recipients(me, point.clients),
+            next: 0,
+            me,
+            clients: point.clients,
+            rng: rand::rngs::StdRng::seed_from_u64(
+                point.seed ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
+        }
+    }
+
     fn next(&mut self) -> usize {
         if self.fixed.is_empty() {
             // Any client but the sender.
@@ -320,6 +395,8 @@ impl Recipients {
     }
 }
 
+/// What one send answered: recipient, number, its slot (the instant its
+/// latency counts from), when it was issued, and the outcome.
 type SendResult = (
     u32,
     u64,
@@ -328,6 +405,22 @@ type SendResult = (
     Result<(), chat_core::ClientError>,
 );
 
+/// One synthetic client's sending side: whom it sends to next, and the log
+/// of what it sent and what was answered.
+struct SyntheticSender<C> {
+    plan: Arc<SendPlan>,
+    /// Cloned into each send, which then runs on its own.
+    client: C,
+    /// This client's index (the probes' sender).
+    me: usize,
+    to: Recipients,
+    /// Counts for the progress line.
+    live: Arc<Live>,
+    log: SenderLog,
+}
+
+/// One sender's task: issues sends in the point's loop (open or closed)
+/// until the window ends, then waits for the answers of those in flight.
 async fn send<C: ChatClient>(
     plan: Arc<SendPlan>,
     client: C,
@@ -336,84 +429,55 @@ async fn send<C: ChatClient>(
     window_permits: Arc<Semaphore>,
     live: Arc<Live>,
 ) -> SenderLog {
-    let point = &plan.point;
-    let mut log = SenderLog::new(me as u32);
-    let mut to = Recipients {
-        fixed: point.pattern.recipients(me, point.clients),
-        next: 0,
+    let mut sender = SyntheticSender {
+        to: Recipients::of(&plan.point, me),
+        log: SenderLog::new(me as u32),
+        plan,
+        client,
         me,
-        clients: point.clients,
-        rng: rand::rngs::StdRng::seed_from_u64(
-            point.seed ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        ),
+        live,
     };
-    let end = plan.epoch + point.warmup + point.duration;
-    let mut in_flight = FuturesUnordered::new();
-    let one = |to: usize, n: u64, slot: Instant| {
-        let client = client.clone();
-        let recipient = plan.ids[to].clone();
-        let text = probe::encode(
-            &plan.tag,
-            Probe {
-                sender: me as u32,
-                n,
-                intended_ns: plan.ns_since_epoch(slot),
-            },
-            point.payload,
-        );
-        async move {
-            let issued = Instant::now();
-            let r = client.send(&recipient, &text).await.map(|_| ());
-            (to as u32, n, slot, issued, r)
-        }
-    };
-    let finish = |log: &mut SenderLog, (to, n, slot, issued, r): SendResult| {
-        let answered = Instant::now();
-        let answered_ns = plan.ns_since_epoch(answered);
-        match r {
-            Ok(()) => {
-                live.accepted.fetch_add(1, Ordering::Relaxed);
-                log.timeline.accepted(answered_ns);
-                log.accepted(
-                    to,
-                    n,
-                    answered - issued,
-                    plan.window.contains(plan.ns_since_epoch(slot)),
-                    plan.window.contains(plan.ns_since_epoch(answered)),
-                );
-            }
-            Err(e) => {
-                live.errors.fetch_add(1, Ordering::Relaxed);
-                log.timeline.error(answered_ns);
-                tracing::debug!(error = %e, "send failed");
-                log.failed(error_kind(&e));
-            }
-        }
-    };
-    match point.load {
+    match sender.plan.point.load {
         Load::Rate(_) => {
-            let mut slots = slots.expect("open loop has a pacer");
-            loop {
-                let slot = tokio::select! {
-                    biased;
-                    Some(done) = in_flight.next(), if !in_flight.is_empty() => { finish(&mut log, done); continue; }
-                    slot = slots.recv(), if in_flight.len() < MAX_IN_FLIGHT_PER_SENDER => match slot {
-                        Some(slot) => slot,
-                        None => break,
-                    },
-                };
-                if Instant::now() > slot + LATE_AFTER {
-                    log.behind_schedule += 1;
-                }
-                let r = to.next();
-                let n = log.next_number(r as u32);
-                in_flight.push(one(r, n, slot));
-            }
+            let slots = slots.expect("open loop has a pacer");
+            sender.open_loop(slots).await;
         }
-        Load::Window(_) => loop {
+        Load::Window(_) => sender.closed_loop(&window_permits).await,
+    }
+    sender.log
+}
+
+impl<C: ChatClient> SyntheticSender<C> {
+    /// Issues one send per slot the pacer hands out, without waiting for
+    /// the answers (at most [`MAX_IN_FLIGHT_PER_SENDER`] at once).
+    async fn open_loop(&mut self, mut slots: mpsc::UnboundedReceiver<Instant>) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let slot = tokio::select! {
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => { self.finish(done); continue; }
+                slot = slots.recv(), if in_flight.len() < MAX_IN_FLIGHT_PER_SENDER => match slot {
+                    Some(slot) => slot,
+                    None => break,
+                },
+            };
+            if Instant::now() > slot + LATE_AFTER {
+                self.log.behind_schedule += 1;
+            }
+            in_flight.push(self.issue(slot));
+        }
+        self.settle(in_flight).await;
+    }
+
+    /// Keeps the window's messages between "send" and "shown": issues a
+    /// send whenever the recipients' tasks give a permit back.
+    async fn closed_loop(&mut self, window_permits: &Semaphore) {
+        let end = self.plan.epoch + self.plan.point.warmup + self.plan.point.duration;
+        let mut in_flight = FuturesUnordered::new();
+        loop {
             let permit = tokio::select! {
                 biased;
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => { finish(&mut log, done); continue; }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => { self.finish(done); continue; }
                 p = window_permits.acquire() => p,
                 () = tokio::time::sleep_until(end) => break,
             };
@@ -424,15 +488,69 @@ async fn send<C: ChatClient>(
             if now >= end {
                 break;
             }
-            let r = to.next();
-            let n = log.next_number(r as u32);
-            in_flight.push(one(r, n, now));
-        },
+            in_flight.push(self.issue(now));
+        }
+        self.settle(in_flight).await;
     }
-    while let Some(done) = in_flight.next().await {
-        finish(&mut log, done);
+
+    /// Records the answers of the sends still in flight.
+    async fn settle(&mut self, mut in_flight: FuturesUnordered<impl Future<Output = SendResult>>) {
+        while let Some(done) = in_flight.next().await {
+            self.finish(done);
+        }
     }
-    log
+
+    /// The next send, due at `slot`: picks its recipient and number now;
+    /// the returned future issues it (the instant it is first polled is
+    /// when it was issued) and yields its answer.
+    fn issue(&mut self, slot: Instant) -> impl Future<Output = SendResult> + use<C> {
+        let to = self.to.next();
+        let n = self.log.next_number(to as u32);
+        let client = self.client.clone();
+        let recipient = self.plan.ids[to].clone();
+        let text = probe::encode(
+            &self.plan.tag,
+            Probe {
+                sender: self.me as u32,
+                n,
+                intended_ns: self.plan.ns_since_epoch(slot),
+            },
+            self.plan.point.payload,
+        );
+        async move {
+            let issued = Instant::now();
+            let r = client.send(&recipient, &text).await.map(|_| ());
+            (to as u32, n, slot, issued, r)
+        }
+    }
+
+    /// Records one answer: an acceptance (its latency from `issued` is kept
+    /// when its slot fell in the window) or an error.
+    fn finish(&mut self, (to, n, slot, issued, r): SendResult) {
+        let plan = &self.plan;
+        let log = &mut self.log;
+        let answered = Instant::now();
+        let answered_ns = plan.ns_since_epoch(answered);
+        match r {
+            Ok(()) => {
+                self.live.accepted.fetch_add(1, Ordering::Relaxed);
+                log.timeline.accepted(answered_ns);
+                log.accepted(
+                    to,
+                    n,
+                    answered - issued,
+                    plan.window.contains(plan.ns_since_epoch(slot)),
+                    plan.window.contains(plan.ns_since_epoch(answered)),
+                );
+            }
+            Err(e) => {
+                self.live.errors.fetch_add(1, Ordering::Relaxed);
+                log.timeline.error(answered_ns);
+                tracing::debug!(error = %e, "send failed");
+                log.failed(error_kind(&e));
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

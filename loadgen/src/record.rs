@@ -393,74 +393,91 @@ pub struct Totals {
     pub timeline: Timeline,
 }
 
+/// Combines every side's log into the run's totals.
+pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
+    let mut t = Totals::empty();
+    let by_index: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.index, r)).collect();
+    for s in senders {
+        t.add_sender(s, &by_index);
+    }
+    for r in receivers {
+        t.add_receiver(r, senders);
+    }
+    t
+}
+
 impl Totals {
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
-}
 
-/// Combines every side's log into the run's totals.
-pub fn tally(senders: &[SenderLog], receivers: &[ReceiverLog]) -> Totals {
-    let mut t = Totals {
-        sent: 0,
-        accepted: 0,
-        accepted_in_window: 0,
-        behind_schedule: 0,
-        errors: BTreeMap::new(),
-        delivered: 0,
-        delivered_in_window: 0,
-        lost: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        delivered_unaccepted: 0,
-        foreign: 0,
-        reconnects: 0,
-        e2e_us: histogram(),
-        accept_us: histogram(),
-        timeline: Timeline::default(),
-    };
-    let empty = Flow::default();
-    let by_index: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.index, r)).collect();
-    for s in senders {
-        t.sent += s.sent;
-        t.accepted += s.accepted;
-        t.accepted_in_window += s.accepted_in_window;
-        t.behind_schedule += s.behind_schedule;
-        for (k, v) in &s.errors {
-            *t.errors.entry(k.clone()).or_insert(0) += v;
+    /// Nothing counted yet.
+    fn empty() -> Self {
+        Self {
+            sent: 0,
+            accepted: 0,
+            accepted_in_window: 0,
+            behind_schedule: 0,
+            errors: BTreeMap::new(),
+            delivered: 0,
+            delivered_in_window: 0,
+            lost: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            delivered_unaccepted: 0,
+            foreign: 0,
+            reconnects: 0,
+            e2e_us: histogram(),
+            accept_us: histogram(),
+            timeline: Timeline::default(),
         }
-        s.accept_us.add_to(&mut t.accept_us);
-        t.timeline.add(&s.timeline);
+    }
+
+    /// Adds a sender's counts; what it had accepted and its recipient (in
+    /// `receivers`, by index) never showed is lost.
+    fn add_sender(&mut self, s: &SenderLog, receivers: &HashMap<u32, &ReceiverLog>) {
+        let empty = Flow::default();
+        self.sent += s.sent;
+        self.accepted += s.accepted;
+        self.accepted_in_window += s.accepted_in_window;
+        self.behind_schedule += s.behind_schedule;
+        for (k, v) in &s.errors {
+            *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        s.accept_us.add_to(&mut self.accept_us);
+        self.timeline.add(&s.timeline);
         for (to, accepted) in &s.accepted_bits {
-            let flow = by_index
+            let flow = receivers
                 .get(to)
                 .and_then(|r| r.flows.get(&s.index))
                 .unwrap_or(&empty);
-            t.lost += accepted.count_missing_from(&flow.seen);
+            self.lost += accepted.count_missing_from(&flow.seen);
         }
     }
-    let no_bits = Bits::default();
-    let accepted_of = |from: u32, to: u32| {
-        senders
-            .iter()
-            .find(|s| s.index == from)
-            .and_then(|s| s.accepted_bits.get(&to))
-            .unwrap_or(&no_bits)
-    };
-    for r in receivers {
-        t.delivered += r.delivered;
-        t.delivered_in_window += r.delivered_in_window;
-        t.duplicates += r.duplicates;
-        t.out_of_order += r.out_of_order;
-        t.foreign += r.foreign;
-        t.reconnects += r.reconnects;
-        r.e2e_us.add_to(&mut t.e2e_us);
-        t.timeline.add(&r.timeline);
+
+    /// Adds a recipient's counts; what it showed that its sender (in
+    /// `senders`) never saw accepted counts as delivered unaccepted.
+    fn add_receiver(&mut self, r: &ReceiverLog, senders: &[SenderLog]) {
+        let no_bits = Bits::default();
+        let accepted_of = |from: u32, to: u32| {
+            senders
+                .iter()
+                .find(|s| s.index == from)
+                .and_then(|s| s.accepted_bits.get(&to))
+                .unwrap_or(&no_bits)
+        };
+        self.delivered += r.delivered;
+        self.delivered_in_window += r.delivered_in_window;
+        self.duplicates += r.duplicates;
+        self.out_of_order += r.out_of_order;
+        self.foreign += r.foreign;
+        self.reconnects += r.reconnects;
+        r.e2e_us.add_to(&mut self.e2e_us);
+        self.timeline.add(&r.timeline);
         for (from, flow) in &r.flows {
-            t.delivered_unaccepted += flow.seen.count_missing_from(accepted_of(*from, r.index));
+            self.delivered_unaccepted += flow.seen.count_missing_from(accepted_of(*from, r.index));
         }
     }
-    t
 }
 
 /// Classifies a client error for the `errors` column.

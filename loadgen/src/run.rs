@@ -11,6 +11,7 @@ use std::time::Duration;
 use chat_amqp::AmqpClient;
 use chat_grpc::GrpcClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::task::JoinHandle;
 
 use crate::driver::{self, Live, Marks, Outcome, Phase};
 use crate::output::{Results, Row};
@@ -204,62 +205,20 @@ impl Runner {
         let figures_before = server.scrape().await;
         let started_at = chat_core::message::format_timestamp(chat_core::message::now_ms());
         let live = Arc::new(Live::default());
-        let bar = self.bars.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"),
-        );
-        bar.set_prefix(point.stack.name());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
+        let (bar, ticker) = self.spinner(point, &live);
 
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Setup);
-        let mut procs = vec![("loadgen", Watched::myself())];
-        if let Some(pid) = server.pid() {
-            procs.push(("server", Watched::new(pid)));
-        }
-        if point.stack.is_amqp()
-            && let Some(pid) = procstat::find_broker()
-        {
-            procs.push(("broker", Watched::new(pid)));
-        }
-        let mut phase = phase_rx.clone();
-        let sampler = tokio::spawn(async move {
-            if phase.wait_for(|p| *p == Phase::Window).await.is_ok() {
-                for (_, w) in &mut procs {
-                    w.begin();
-                }
-                let _ = phase.wait_for(|p| *p == Phase::Ended).await;
-            }
-            procs
-                .into_iter()
-                .map(|(k, w)| (k, w.end()))
-                .collect::<HashMap<_, _>>()
-        });
+        let sampler = sample_processes(point, server, phase_rx.clone());
         let marks = Marks {
             phase: Some(phase_tx),
         };
-        let proxy = match point.fault {
-            Some(f) if matches!(f.kind, FaultKind::CutConnections | FaultKind::FreezeClients) => {
-                Some(Proxy::start(upstream(&server.endpoint)?).await?)
-            }
-            _ => None,
-        };
+        let proxy = fault_proxy(point, server).await?;
         let endpoint = match &proxy {
             Some(p) => through(&server.endpoint, p.addr()),
             None => server.endpoint.clone(),
         };
-        let drive = async {
-            match &endpoint {
-                Endpoint::Grpc(c) => {
-                    driver::run::<GrpcClient>(c, point, &tag, live.clone(), marks).await
-                }
-                Endpoint::Amqp(c) => {
-                    driver::run::<AmqpClient>(c, point, &tag, live.clone(), marks).await
-                }
-            }
-        };
         let (outcome, injected) = tokio::join!(
-            drive,
+            drive(&endpoint, point, &tag, live.clone(), marks),
             inject(point, server, &self.target, proxy.as_ref(), phase_rx)
         );
         ticker.abort();
@@ -275,6 +234,27 @@ impl Runner {
         if let (Some(f), Some(struck)) = (point.fault, struck) {
             fault_columns(&mut row, f, &outcome, struck);
         }
+        self.record(point, &row, &outcome)?;
+        Ok(row)
+    }
+
+    /// The point's progress line: a spinner that [`progress`] refreshes
+    /// with the live counts until the returned task is aborted.
+    fn spinner(&self, point: &Point, live: &Arc<Live>) -> (ProgressBar, JoinHandle<()>) {
+        let bar = self.bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"),
+        );
+        bar.set_prefix(point.stack.name());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
+        (bar, ticker)
+    }
+
+    /// Leaves what a point measured behind: its histograms, its timeline
+    /// and its row (a ceiling's delivery rate is also kept, for the chat
+    /// rows' ratios), and says what it measured.
+    fn record(&mut self, point: &Point, row: &Row, outcome: &Outcome) -> anyhow::Result<()> {
         self.results.write_histograms(
             &row.run_id,
             &outcome.totals.e2e_us,
@@ -282,7 +262,7 @@ impl Runner {
         )?;
         self.results
             .write_timeline(&row.run_id, &outcome.totals.timeline)?;
-        self.results.append(&row)?;
+        self.results.append(row)?;
         if matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare) {
             self.ceilings.insert(
                 format!("{}|{}", point.stack, row.point_key()),
@@ -299,9 +279,10 @@ impl Runner {
             row.lost,
             row.errors
         ));
-        Ok(row)
+        Ok(())
     }
 
+    /// The point's row, but for the server's and the fault's columns.
     fn row(
         &self,
         point: &Point,
@@ -311,77 +292,152 @@ impl Runner {
         usage: &HashMap<&str, Option<Usage>>,
         server: &Server,
     ) -> Row {
-        let t = &o.totals;
-        let secs = o.window.secs();
-        let get = |k: &str| usage.get(k).copied().flatten();
-        let mb = |kb: u64| kb as f64 / 1024.0;
-        let (rate, window) = match point.load {
-            crate::scenario::Load::Rate(r) => (Some(r), None),
-            crate::scenario::Load::Window(w) => (None, Some(w)),
-        };
-        let mut row = Row {
-            run_id: tag.to_owned(),
-            started_at: started_at.to_owned(),
-            experiment: point.experiment.clone(),
-            stack: point.stack.name().to_owned(),
-            clients: point.clients,
-            pattern: point.pattern.name().to_owned(),
-            model: point.load.model().to_owned(),
-            offered_rate: rate,
-            window,
-            payload_bytes: point.payload,
-            duration_s: point.duration.as_secs_f64(),
-            warmup_s: point.warmup.as_secs_f64(),
-            seed: point.seed,
-            sent: t.sent,
-            accepted: t.accepted,
-            delivered: t.delivered,
-            lost: t.lost,
-            duplicates: t.duplicates,
-            out_of_order: t.out_of_order,
-            delivered_unaccepted: t.delivered_unaccepted,
-            behind_schedule: t.behind_schedule,
-            errors: t.error_count(),
-            error_kinds: Row::kinds_column(&t.errors),
-            reconnects: t.reconnects,
-            send_rate: t.accepted_in_window as f64 / secs,
-            delivery_rate: t.delivered_in_window as f64 / secs,
-            ceiling_ratio: None,
-            setup_p50_ms: o.setup_us.value_at_quantile(0.5) as f64 / 1000.0,
-            setup_max_ms: o.setup_us.max() as f64 / 1000.0,
-            drain_s: o.drain.as_secs_f64(),
-            loadgen_cpu_pct: get("loadgen").map(|u| u.cpu_percent),
-            loadgen_peak_rss_mb: get("loadgen").map(|u| mb(u.peak_rss_kb)),
-            server_cpu_pct: get("server").map(|u| u.cpu_percent),
-            server_peak_rss_mb: get("server").map(|u| mb(u.peak_rss_kb)),
-            server_rss_mb: get("server").map(|u| mb(u.rss_kb)),
-            server_rss_start_mb: get("server").map(|u| mb(u.rss_start_kb)),
-            broker_cpu_pct: get("broker").map(|u| u.cpu_percent),
-            broker_peak_rss_mb: get("broker").map(|u| mb(u.peak_rss_kb)),
-            server_settings: server.settings.clone(),
-            shard: self
-                .shard
-                .map(|(i, n)| format!("{i}/{n}"))
-                .unwrap_or_default(),
-            git_rev: self.git_rev.clone(),
-            machine: self.machine.clone(),
-            broker_version: if point.stack.is_amqp() {
-                self.broker_version.clone()
-            } else {
-                String::new()
-            },
-            ..Row::default()
-        };
-        row.set_latencies(&t.e2e_us, &t.accept_us);
-        if !matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare)
-            && let Some(&ceiling) =
-                self.ceilings
-                    .get(&format!("{}|{}", point.stack.ceiling(), row.point_key()))
-            && ceiling > 0.0
-        {
-            row.ceiling_ratio = Some(row.delivery_rate / ceiling);
+        let mut row = point_columns(point, tag, started_at);
+        measured_columns(&mut row, o);
+        usage_columns(&mut row, usage);
+        row.server_settings = server.settings.clone();
+        row.shard = self
+            .shard
+            .map(|(i, n)| format!("{i}/{n}"))
+            .unwrap_or_default();
+        row.git_rev = self.git_rev.clone();
+        row.machine = self.machine.clone();
+        if point.stack.is_amqp() {
+            row.broker_version = self.broker_version.clone();
         }
+        row.ceiling_ratio = self.ceiling_ratio(point, &row);
         row
+    }
+
+    /// A chat row's delivery rate as a fraction of its stack's ceiling at
+    /// the same point, when that ceiling was measured in this invocation.
+    fn ceiling_ratio(&self, point: &Point, row: &Row) -> Option<f64> {
+        if matches!(point.stack, StackKind::GrpcBare | StackKind::AmqpBare) {
+            return None;
+        }
+        let key = format!("{}|{}", point.stack.ceiling(), row.point_key());
+        match self.ceilings.get(&key) {
+            Some(&ceiling) if ceiling > 0.0 => Some(row.delivery_rate / ceiling),
+            _ => None,
+        }
+    }
+}
+
+/// The columns that say what was asked: the run's identity and its point.
+fn point_columns(point: &Point, tag: &str, started_at: &str) -> Row {
+    let (rate, window) = match point.load {
+        crate::scenario::Load::Rate(r) => (Some(r), None),
+        crate::scenario::Load::Window(w) => (None, Some(w)),
+    };
+    Row {
+        run_id: tag.to_owned(),
+        started_at: started_at.to_owned(),
+        experiment: point.experiment.clone(),
+        stack: point.stack.name().to_owned(),
+        clients: point.clients,
+        pattern: point.pattern.name().to_owned(),
+        model: point.load.model().to_owned(),
+        offered_rate: rate,
+        window,
+        payload_bytes: point.payload,
+        duration_s: point.duration.as_secs_f64(),
+        warmup_s: point.warmup.as_secs_f64(),
+        seed: point.seed,
+        ..Row::default()
+    }
+}
+
+/// The columns of what the clients counted and measured: messages, rates
+/// over the window, latencies, set-up and drain.
+fn measured_columns(row: &mut Row, o: &Outcome) {
+    let t = &o.totals;
+    let secs = o.window.secs();
+    row.sent = t.sent;
+    row.accepted = t.accepted;
+    row.delivered = t.delivered;
+    row.lost = t.lost;
+    row.duplicates = t.duplicates;
+    row.out_of_order = t.out_of_order;
+    row.delivered_unaccepted = t.delivered_unaccepted;
+    row.behind_schedule = t.behind_schedule;
+    row.errors = t.error_count();
+    row.error_kinds = Row::kinds_column(&t.errors);
+    row.reconnects = t.reconnects;
+    row.send_rate = t.accepted_in_window as f64 / secs;
+    row.delivery_rate = t.delivered_in_window as f64 / secs;
+    row.setup_p50_ms = o.setup_us.value_at_quantile(0.5) as f64 / 1000.0;
+    row.setup_max_ms = o.setup_us.max() as f64 / 1000.0;
+    row.drain_s = o.drain.as_secs_f64();
+    row.set_latencies(&t.e2e_us, &t.accept_us);
+}
+
+/// The CPU and memory columns of the processes sampled over the window.
+fn usage_columns(row: &mut Row, usage: &HashMap<&str, Option<Usage>>) {
+    let get = |k: &str| usage.get(k).copied().flatten();
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    row.loadgen_cpu_pct = get("loadgen").map(|u| u.cpu_percent);
+    row.loadgen_peak_rss_mb = get("loadgen").map(|u| mb(u.peak_rss_kb));
+    row.server_cpu_pct = get("server").map(|u| u.cpu_percent);
+    row.server_peak_rss_mb = get("server").map(|u| mb(u.peak_rss_kb));
+    row.server_rss_mb = get("server").map(|u| mb(u.rss_kb));
+    row.server_rss_start_mb = get("server").map(|u| mb(u.rss_start_kb));
+    row.broker_cpu_pct = get("broker").map(|u| u.cpu_percent);
+    row.broker_peak_rss_mb = get("broker").map(|u| mb(u.peak_rss_kb));
+}
+
+/// Samples the CPU and memory of loadgen, of the server (when loadgen
+/// started it) and of the broker (AMQP stacks, when it runs here) over the
+/// measured window; the task ends with the window.
+fn sample_processes(
+    point: &Point,
+    server: &Server,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+) -> JoinHandle<HashMap<&'static str, Option<Usage>>> {
+    let mut procs = vec![("loadgen", Watched::myself())];
+    if let Some(pid) = server.pid() {
+        procs.push(("server", Watched::new(pid)));
+    }
+    if point.stack.is_amqp()
+        && let Some(pid) = procstat::find_broker()
+    {
+        procs.push(("broker", Watched::new(pid)));
+    }
+    tokio::spawn(async move {
+        if phase.wait_for(|p| *p == Phase::Window).await.is_ok() {
+            for (_, w) in &mut procs {
+                w.begin();
+            }
+            let _ = phase.wait_for(|p| *p == Phase::Ended).await;
+        }
+        procs
+            .into_iter()
+            .map(|(k, w)| (k, w.end()))
+            .collect::<HashMap<_, _>>()
+    })
+}
+
+/// A proxy in front of the server for the faults that act on the clients'
+/// connections (cut, freeze); `None` for the others.
+async fn fault_proxy(point: &Point, server: &Server) -> anyhow::Result<Option<Proxy>> {
+    Ok(match point.fault {
+        Some(f) if matches!(f.kind, FaultKind::CutConnections | FaultKind::FreezeClients) => {
+            Some(Proxy::start(upstream(&server.endpoint)?).await?)
+        }
+        _ => None,
+    })
+}
+
+/// Runs the point's clients against `endpoint` with that stack's client.
+async fn drive(
+    endpoint: &Endpoint,
+    point: &Point,
+    tag: &str,
+    live: Arc<Live>,
+    marks: Marks,
+) -> anyhow::Result<Outcome> {
+    match endpoint {
+        Endpoint::Grpc(c) => driver::run::<GrpcClient>(c, point, tag, live, marks).await,
+        Endpoint::Amqp(c) => driver::run::<AmqpClient>(c, point, tag, live, marks).await,
     }
 }
 

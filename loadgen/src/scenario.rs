@@ -462,15 +462,10 @@ impl Experiment {
     }
 }
 
+/// A sweep's plan: one ramp through its loads for every stack, pattern,
+/// payload and client count, defaults filled in, every point validated.
 fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
-    let loads: Vec<Load> = match (&f.rates, &f.windows) {
-        (Some(r), None) => r.iter().map(|&r| Load::Rate(r)).collect(),
-        (None, Some(w)) => w.iter().map(|&w| Load::Window(w)).collect(),
-        (Some(_), Some(_)) => {
-            return Err(format!("sweep {name:?}: give rates or windows, not both"));
-        }
-        (None, None) => return Err(format!("sweep {name:?}: give rates or windows")),
-    };
+    let loads = loads(name, f)?;
     if let Some(d) = &f.durability
         && !matches!(d.as_str(), "os" | "fsync")
     {
@@ -523,6 +518,17 @@ fn expand(name: &str, f: &SweepFields) -> Result<Plan, String> {
         stop_when_behind: f.stop_when_behind.unwrap_or(false),
         durability: f.durability.clone(),
     })
+}
+
+/// The loads a sweep's ramps step through: its rates (open loop) or its
+/// windows (closed loop), exactly one of the two.
+fn loads(name: &str, f: &SweepFields) -> Result<Vec<Load>, String> {
+    match (&f.rates, &f.windows) {
+        (Some(r), None) => Ok(r.iter().map(|&r| Load::Rate(r)).collect()),
+        (None, Some(w)) => Ok(w.iter().map(|&w| Load::Window(w)).collect()),
+        (Some(_), Some(_)) => Err(format!("sweep {name:?}: give rates or windows, not both")),
+        (None, None) => Err(format!("sweep {name:?}: give rates or windows")),
+    }
 }
 
 #[cfg(test)]

@@ -157,130 +157,148 @@ impl Server {
         max_text_bytes: usize,
     ) -> anyhow::Result<Self> {
         match stack {
-            StackKind::GrpcBare => {
-                let exe = loadgen_exe(args)?;
-                let mut s = Self::spawn(
-                    stack,
-                    &exe,
-                    &["bare-server", "grpc", "--listen", "127.0.0.1:0"],
-                    None,
-                )
-                .await?;
-                let addr = s.wait_for_line("listening on ").await?;
-                s.endpoint = Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}")));
-                Ok(s)
-            }
-            StackKind::AmqpBare => {
-                let exe = loadgen_exe(args)?;
-                let ns = format!("{}-bare", fresh_tag());
-                let mut s = Self::spawn(
-                    stack,
-                    &exe,
-                    &[
-                        "bare-server",
-                        "amqp",
-                        "--amqp-url",
-                        &args.amqp_url,
-                        "--namespace",
-                        &ns,
-                        "--queue-type",
-                        args.queue_type.as_str(),
-                    ],
-                    None,
-                )
-                .await?;
-                s.wait_for_line("relay serving").await?;
-                s.endpoint = Endpoint::Amqp(args.amqp_config(ns));
-                s.own_namespace = true;
-                Ok(s)
-            }
-            StackKind::Grpc if args.spawn => {
-                let bin = binary(args, "grpc-server")?;
-                let dir = tempfile::Builder::new().prefix("loadgen-grpc-").tempdir()?;
-                let max = max_text_bytes.to_string();
-                let flags = [
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--max-text-bytes",
-                    &max,
-                    "--durability",
-                    &args.durability,
-                    METRICS_FLAG,
-                    "127.0.0.1:0",
-                ];
-                let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
-                let addr = s.wait_for_line("listening on ").await?;
-                // A restart must come back at the same address.
-                s.fix_flag("--listen", &addr);
-                s.find_metrics().await?;
-                let url = format!("http://{addr}");
-                s.wait_ready(|| chat_grpc::health::check(&url, Duration::from_secs(2)))
-                    .await?;
-                s.endpoint = Endpoint::Grpc(GrpcConfig::new(url));
-                s.settings = format!("durability={} max_text_bytes={max}", args.durability);
-                Ok(s)
-            }
-            StackKind::Amqp if args.spawn => {
-                let bin = binary(args, "amqp-server")?;
-                let dir = tempfile::Builder::new().prefix("loadgen-amqp-").tempdir()?;
-                let ns = fresh_tag();
-                let max = max_text_bytes.to_string();
-                let flags = [
-                    "--amqp-url",
-                    &args.amqp_url,
-                    "--namespace",
-                    &ns,
-                    "--queue-type",
-                    args.queue_type.as_str(),
-                    "--max-text-bytes",
-                    &max,
-                    "--durability",
-                    &args.durability,
-                    METRICS_FLAG,
-                    "127.0.0.1:0",
-                ];
-                let mut s = Self::spawn(stack, &bin, &flags, Some(dir)).await?;
-                s.find_metrics().await?;
-                let config = args.amqp_config(ns);
-                let c = config.clone();
-                s.wait_ready(|| async {
-                    chat_amqp::health(&c)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
-                .await?;
-                s.endpoint = Endpoint::Amqp(config);
-                s.own_namespace = true;
-                s.settings = format!(
-                    "durability={} max_text_bytes={max} {}",
-                    args.durability,
-                    args.amqp_settings()
-                );
-                Ok(s)
-            }
-            StackKind::Grpc => {
-                chat_grpc::health::check(&args.grpc_url, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("{e} (start grpc-server there, or pass --spawn)")
-                    })?;
-                Ok(Self::external(
-                    stack,
-                    Endpoint::Grpc(GrpcConfig::new(args.grpc_url.clone())),
-                ))
-            }
-            StackKind::Amqp => {
-                let config = args.amqp_config(args.namespace.clone());
-                chat_amqp::health(&config).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "{e} (start amqp-server for namespace {:?}, or pass --spawn)",
-                        args.namespace
-                    )
-                })?;
-                Ok(Self::external(stack, Endpoint::Amqp(config)))
-            }
+            StackKind::GrpcBare => Self::start_grpc_bare(args).await,
+            StackKind::AmqpBare => Self::start_amqp_bare(args).await,
+            StackKind::Grpc if args.spawn => Self::spawn_grpc(args, max_text_bytes).await,
+            StackKind::Amqp if args.spawn => Self::spawn_amqp(args, max_text_bytes).await,
+            StackKind::Grpc => Self::reach_grpc(args).await,
+            StackKind::Amqp => Self::reach_amqp(args).await,
         }
+    }
+
+    /// The gRPC ceiling: loadgen's `bare-server grpc` on a free port.
+    async fn start_grpc_bare(args: &TargetArgs) -> anyhow::Result<Self> {
+        let exe = loadgen_exe(args)?;
+        let mut s = Self::spawn(
+            StackKind::GrpcBare,
+            &exe,
+            &["bare-server", "grpc", "--listen", "127.0.0.1:0"],
+            None,
+        )
+        .await?;
+        let addr = s.wait_for_line("listening on ").await?;
+        s.endpoint = Endpoint::Grpc(GrpcConfig::new(format!("http://{addr}")));
+        Ok(s)
+    }
+
+    /// The AMQP ceiling: loadgen's `bare-server amqp` relay on a fresh
+    /// namespace of the broker.
+    async fn start_amqp_bare(args: &TargetArgs) -> anyhow::Result<Self> {
+        let exe = loadgen_exe(args)?;
+        let ns = format!("{}-bare", fresh_tag());
+        let mut s = Self::spawn(
+            StackKind::AmqpBare,
+            &exe,
+            &[
+                "bare-server",
+                "amqp",
+                "--amqp-url",
+                &args.amqp_url,
+                "--namespace",
+                &ns,
+                "--queue-type",
+                args.queue_type.as_str(),
+            ],
+            None,
+        )
+        .await?;
+        s.wait_for_line("relay serving").await?;
+        s.endpoint = Endpoint::Amqp(args.amqp_config(ns));
+        s.own_namespace = true;
+        Ok(s)
+    }
+
+    /// A grpc-server of its own (fresh data dir, free ports), once healthy.
+    async fn spawn_grpc(args: &TargetArgs, max_text_bytes: usize) -> anyhow::Result<Self> {
+        let bin = binary(args, "grpc-server")?;
+        let dir = tempfile::Builder::new().prefix("loadgen-grpc-").tempdir()?;
+        let max = max_text_bytes.to_string();
+        let flags = [
+            "--listen",
+            "127.0.0.1:0",
+            "--max-text-bytes",
+            &max,
+            "--durability",
+            &args.durability,
+            METRICS_FLAG,
+            "127.0.0.1:0",
+        ];
+        let mut s = Self::spawn(StackKind::Grpc, &bin, &flags, Some(dir)).await?;
+        let addr = s.wait_for_line("listening on ").await?;
+        // A restart must come back at the same address.
+        s.fix_flag("--listen", &addr);
+        s.find_metrics().await?;
+        let url = format!("http://{addr}");
+        s.wait_ready(|| chat_grpc::health::check(&url, Duration::from_secs(2)))
+            .await?;
+        s.endpoint = Endpoint::Grpc(GrpcConfig::new(url));
+        s.settings = format!("durability={} max_text_bytes={max}", args.durability);
+        Ok(s)
+    }
+
+    /// An amqp-server of its own (fresh data dir, fresh namespace), once
+    /// healthy.
+    async fn spawn_amqp(args: &TargetArgs, max_text_bytes: usize) -> anyhow::Result<Self> {
+        let bin = binary(args, "amqp-server")?;
+        let dir = tempfile::Builder::new().prefix("loadgen-amqp-").tempdir()?;
+        let ns = fresh_tag();
+        let max = max_text_bytes.to_string();
+        let flags = [
+            "--amqp-url",
+            &args.amqp_url,
+            "--namespace",
+            &ns,
+            "--queue-type",
+            args.queue_type.as_str(),
+            "--max-text-bytes",
+            &max,
+            "--durability",
+            &args.durability,
+            METRICS_FLAG,
+            "127.0.0.1:0",
+        ];
+        let mut s = Self::spawn(StackKind::Amqp, &bin, &flags, Some(dir)).await?;
+        s.find_metrics().await?;
+        let config = args.amqp_config(ns);
+        let c = config.clone();
+        s.wait_ready(|| async {
+            chat_amqp::health(&c)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        s.endpoint = Endpoint::Amqp(config);
+        s.own_namespace = true;
+        s.settings = format!(
+            "durability={} max_text_bytes={max} {}",
+            args.durability,
+            args.amqp_settings()
+        );
+        Ok(s)
+    }
+
+    /// The running grpc-server at `--grpc-url`, if it answers.
+    async fn reach_grpc(args: &TargetArgs) -> anyhow::Result<Self> {
+        chat_grpc::health::check(&args.grpc_url, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (start grpc-server there, or pass --spawn)"))?;
+        Ok(Self::external(
+            StackKind::Grpc,
+            Endpoint::Grpc(GrpcConfig::new(args.grpc_url.clone())),
+        ))
+    }
+
+    /// The running amqp-server of `--namespace`, if it answers.
+    async fn reach_amqp(args: &TargetArgs) -> anyhow::Result<Self> {
+        let config = args.amqp_config(args.namespace.clone());
+        chat_amqp::health(&config).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (start amqp-server for namespace {:?}, or pass --spawn)",
+                args.namespace
+            )
+        })?;
+        Ok(Self::external(StackKind::Amqp, Endpoint::Amqp(config)))
     }
 
     /// A system someone else started (a test's in-process server). With

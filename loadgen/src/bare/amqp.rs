@@ -28,13 +28,14 @@ use chat_core::{ClientId, MessageId};
 use chat_proto::v1 as pb;
 use futures::{FutureExt, StreamExt};
 use lapin::Acker;
-use lapin::Channel;
 use lapin::PublisherConfirm;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Consumer};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
@@ -87,33 +88,11 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
         .connect("loadgen amqp-bare relay", chat_amqp::deadline::op_timeout())
         .await?
         .conn;
-    let admin = conn.create_channel().await?;
-    topology::declare_server_side(&admin, &names).await?;
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let consume = conn.create_channel().await?;
-    consume
-        .basic_qos(topology::SERVER_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut requests = consume
-        .basic_consume(
-            names.server_queue().into(),
-            "amqp-bare".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let lanes: Vec<mpsc::UnboundedSender<Job>> = (0..LANES)
-        .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(lane(rx, publish.clone(), names.clone()));
-            tx
-        })
-        .collect();
-    tracing::info!(namespace = names.namespace(), "amqp-bare relay serving");
-    let mut seqs: HashMap<String, u64> = HashMap::new();
+    let (mut intake, mut requests) = Intake::open(&conn, names).await?;
+    tracing::info!(
+        namespace = intake.names.namespace(),
+        "amqp-bare relay serving"
+    );
     let mut shutdown = pin!(shutdown.fuse());
     loop {
         let delivery = tokio::select! {
@@ -123,19 +102,89 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
                 None => break,
             },
         };
+        intake.take(delivery).await?;
+    }
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        conn.close(200, "bye".into()),
+    )
+    .await;
+    Ok(())
+}
+
+/// The relay's side of the server queue: takes each request, relays its
+/// sends through the lanes and answers the rest itself.
+struct Intake {
+    names: Names,
+    /// Declares the recipients' queues.
+    admin: Channel,
+    /// Publishes forwards and replies, with confirms.
+    publish: Channel,
+    lanes: Vec<mpsc::UnboundedSender<Job>>,
+    /// The last seq given to each recipient.
+    seqs: HashMap<String, u64>,
+}
+
+impl Intake {
+    /// Declares the server side of the namespace, opens the relay's
+    /// channels, starts the lanes and consumes the server queue (the
+    /// consumer keeps its channel open).
+    async fn open(conn: &lapin::Connection, names: Names) -> anyhow::Result<(Self, Consumer)> {
+        let admin = conn.create_channel().await?;
+        topology::declare_server_side(&admin, &names).await?;
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consume = conn.create_channel().await?;
+        consume
+            .basic_qos(topology::SERVER_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let requests = consume
+            .basic_consume(
+                names.server_queue().into(),
+                "amqp-bare".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(lane(rx, publish.clone(), names.clone()));
+                tx
+            })
+            .collect();
+        let intake = Self {
+            names,
+            admin,
+            publish,
+            lanes,
+            seqs: HashMap::new(),
+        };
+        Ok((intake, requests))
+    }
+
+    /// Handles one request: sends go to their lanes (which answer and
+    /// acknowledge it); a register or join is answered and acknowledged
+    /// here, anything else refused.
+    async fn take(&mut self, delivery: Delivery) -> anyhow::Result<()> {
         let request = pb::Request::decode(delivery.data.as_slice())?;
         let reply_to = delivery.properties.reply_to().clone();
         let correlation = delivery.properties.correlation_id().clone();
         let reply = match request.body {
             Some(pb::request::Body::Send(s)) => {
-                let message = assign(&mut seqs, s);
+                let message = assign(&mut self.seqs, s);
                 let reply = pb::reply::Body::Send(reply_of(&message));
                 let request = Request::new(reply_to, correlation, reply, delivery.acker);
-                dispatch(&lanes, vec![message], request)?;
-                continue;
+                return dispatch(&self.lanes, vec![message], request);
             }
             Some(pb::request::Body::SendBatch(b)) => {
-                let messages: Vec<_> = b.sends.into_iter().map(|s| assign(&mut seqs, s)).collect();
+                let messages: Vec<_> = b
+                    .sends
+                    .into_iter()
+                    .map(|s| assign(&mut self.seqs, s))
+                    .collect();
                 let outcomes = messages
                     .iter()
                     .map(|m| pb::SendOutcome {
@@ -144,12 +193,11 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
                     .collect();
                 let reply = pb::reply::Body::SendBatch(pb::SendBatchReply { outcomes });
                 let request = Request::new(reply_to, correlation, reply, delivery.acker);
-                dispatch(&lanes, messages, request)?;
-                continue;
+                return dispatch(&self.lanes, messages, request);
             }
             Some(pb::request::Body::Register(r)) => {
                 let id = ClientId::parse(&r.client_id)?;
-                topology::declare_client_queue(&admin, &names, &id).await?;
+                topology::declare_client_queue(&self.admin, &self.names, &id).await?;
                 pb::reply::Body::Register(pb::RegisterReply {
                     client_id: r.client_id,
                     created: true,
@@ -162,15 +210,10 @@ pub async fn run(config: AmqpConfig, shutdown: impl Future<Output = ()>) -> anyh
                 message: "the bare relay only registers, joins and relays".into(),
             }),
         };
-        answer(&publish, reply_to, correlation.as_ref(), reply).await?;
+        answer(&self.publish, reply_to, correlation.as_ref(), reply).await?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        conn.close(200, "bye".into()),
-    )
-    .await;
-    Ok(())
 }
 
 fn lane_of(recipient: &str) -> usize {

@@ -164,6 +164,15 @@ pub fn throughput_vs_clients(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A metric of the payload chart's panels: panel name, axis description,
+/// the value of a row, and how its axis labels values.
+type Metric = (
+    &'static str,
+    &'static str,
+    fn(&Row) -> f64,
+    fn(f64) -> String,
+);
+
 /// Delivery rate and p99 latency vs payload size, two panels.
 pub fn payload_chart(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     let rows = experiment(ctx.rows, "payload", payload);
@@ -178,12 +187,6 @@ pub fn payload_chart(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     );
     let body = root.titled(&title, (style::FONT, style::TITLE))?;
     let (left, right) = body.split_horizontally(style::SIZE.0 / 2);
-    type Metric = (
-        &'static str,
-        &'static str,
-        fn(&Row) -> f64,
-        fn(f64) -> String,
-    );
     let panels: [(&Area<'_>, Metric); 2] = [
         (
             &left,
@@ -204,31 +207,43 @@ pub fn payload_chart(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
             ),
         ),
     ];
-    for (i, (area, (name, desc, f, fmt))) in panels.into_iter().enumerate() {
-        let (lo, hi) = span(rows.iter().map(f));
-        let x = Axis::log_at(&distinct(&rows, payload), style::bytes);
-        let mut chart = style::chart(
-            area,
-            name,
-            (x, "payload (log scale)"),
-            (Axis::log(lo, hi, fmt), desc),
-        )?;
-        let (mut labels, mut lines) = (Vec::new(), Vec::new());
-        for stack in stacks(&rows) {
-            let pts: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| r.stack == stack)
-                .map(|r| (payload(r), f(r)))
-                .collect();
-            labels.push(stack_label(&stack));
-            let label = (i == 0).then(|| stack_label(&stack));
-            stack_line(&mut chart, &stack, &pts, label)?;
-            lines.push(pts);
-        }
-        if i == 0 {
-            legend_auto(&mut chart, &labels, &lines)?;
-        }
+    for (i, (area, metric)) in panels.into_iter().enumerate() {
+        // The first panel carries the legend.
+        payload_panel(area, metric, &rows, i == 0)?;
     }
     root.present()?;
     Ok(rows)
+}
+
+/// One panel of the payload chart: `metric` of each stack vs payload size.
+fn payload_panel(
+    area: &Area<'_>,
+    (name, desc, f, fmt): Metric,
+    rows: &[Row],
+    legend: bool,
+) -> anyhow::Result<()> {
+    let (lo, hi) = span(rows.iter().map(f));
+    let x = Axis::log_at(&distinct(rows, payload), style::bytes);
+    let mut chart = style::chart(
+        area,
+        name,
+        (x, "payload (log scale)"),
+        (Axis::log(lo, hi, fmt), desc),
+    )?;
+    let (mut labels, mut lines) = (Vec::new(), Vec::new());
+    for stack in stacks(rows) {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.stack == stack)
+            .map(|r| (payload(r), f(r)))
+            .collect();
+        labels.push(stack_label(&stack));
+        let label = legend.then(|| stack_label(&stack));
+        stack_line(&mut chart, &stack, &pts, label)?;
+        lines.push(pts);
+    }
+    if legend {
+        legend_auto(&mut chart, &labels, &lines)?;
+    }
+    Ok(())
 }
