@@ -11,7 +11,8 @@
 # Every amqp-server needs RabbitMQ's event exchange plugin (it learns from
 # it when a client goes offline): on a local broker this script enables
 # rabbitmq_event_exchange the same way when the broker lacks its exchange.
-# Extra arguments go to `cargo test`.
+# Extra arguments go to `cargo test`; with `-p PACKAGE` only those packages
+# are tested.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -141,8 +142,13 @@ require_plugin rabbitmq_event_exchange /api/exchanges/%2F/amq.rabbitmq.event \
 # often a doc-test run with 0 tests, so finish with the totals.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# `-p PACKAGE` picks packages; cargo would ignore it beside --workspace.
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in -p | --package | -p* | --package=*) scope=() ;; esac
+done
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$log"
+cargo test "${scope[@]}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 grep -E '^test result:' "$log" \
