@@ -15,7 +15,7 @@
 //! once the broker reports the consumer gone (see `server::presence`).
 //!
 //! Every request carries the client's ID and secret in its `auth` field
-//! (added in [`Shared::request`], the one place requests are built).
+//! (added in `Shared::request`, the one place requests are built).
 //!
 //! Requests are matched to replies by `correlation_id`. Every request in
 //! flight keeps its encoded body until answered: after a reconnection it is

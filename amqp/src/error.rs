@@ -1,6 +1,8 @@
 //! The crate's error type, and the one place where domain errors become
 //! `Reply { error }` messages (server side) and where those become
 //! [`ClientError`]s again (client side).
+//!
+//! [`ClientError`]: chat_core::ClientError
 
 use chat_core::{ChatError, ErrorCode};
 use chat_proto::v1 as pb;

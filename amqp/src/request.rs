@@ -47,19 +47,8 @@ pub(crate) fn decode(
 mod tests {
     use super::*;
     use crate::error::error_reply;
-    use chat_core::{ChatServer, ErrorCode, ServerConfig};
+    use chat_core::{ChatServer, ErrorCode, ServerConfig, proptest_config};
     use proptest::prelude::*;
-
-    fn config(cases: u32) -> ProptestConfig {
-        ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(cases),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
 
     /// The reply a refused request gets: an `Error` with a real code.
     fn assert_error_reply(e: &ChatError) {
@@ -164,7 +153,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(config(256))]
+        #![proptest_config(proptest_config(256))]
 
         #[test]
         fn any_bytes_decode_or_get_an_error_reply(
@@ -203,7 +192,7 @@ mod tests {
 
     proptest! {
         // Each case goes through a real server with its files: fewer cases.
-        #![proptest_config(config(64))]
+        #![proptest_config(proptest_config(64))]
 
         #[test]
         fn decoded_requests_are_served_or_refused_with_an_error(

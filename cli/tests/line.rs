@@ -6,21 +6,8 @@
 //! `PROPTEST_CASES` raises them for a longer hunt.
 
 use chat_cli::line::{LineCommand, parse_input};
-use chat_core::ClientId;
+use chat_core::{ClientId, proptest_config};
 use proptest::prelude::*;
-
-/// `cases` cases (or `PROPTEST_CASES`), no seed file: a regression found
-/// is fixed with a named test.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Characters that matter to the line grammar (the command prefix, the
 /// separators, line ends) among any others.
@@ -45,7 +32,7 @@ fn client_id() -> impl Strategy<Value = ClientId> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(proptest_config(256))]
 
     #[test]
     fn any_cli_line_is_understood_or_answered_with_usage(line in text()) {

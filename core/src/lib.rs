@@ -20,6 +20,8 @@ pub mod log_line;
 pub mod message;
 pub mod metrics;
 mod outbox;
+#[cfg(feature = "proptest")]
+mod proptest_config;
 mod send_batch;
 pub mod send_queue;
 pub mod server;
@@ -33,6 +35,8 @@ pub use id::{ClientId, MessageId};
 pub use identity::{Credentials, Principal, Secret, SecretHash};
 pub use limits::Limits;
 pub use message::{ClientInfo, Message, Receipt, SendCommand};
+#[cfg(feature = "proptest")]
+pub use proptest_config::proptest_config;
 pub use send_batch::{AdmittedBatch, BatchOutcome};
 pub use send_queue::{SendCarrier, Sends};
 pub use server::{Admitted, ChatServer, Online, Outgoing, ServerConfig, Session};

@@ -277,85 +277,30 @@ impl ChatServer {
     pub fn open(config: ServerConfig) -> Result<Self, ChatError> {
         let lock = crate::data_lock::lock(&config.data_dir)?;
         let replay = journal::read_state(&config.data_dir)?;
-        let mut state = State {
-            recent: Recent::with_capacity(config.limits.dedupe_window),
-            ..State::default()
-        };
-        for (id, ts, secret) in replay.registered {
-            let c = state.clients.entry(id).or_default();
-            c.registered_ms = ts;
-            if secret.is_some() {
-                c.secret = secret;
-            }
-        }
+        let state_lines = replay.state_lines;
         let state_path = config.data_dir.join(journal::STATE_FILE);
-        // The line of each client's highest ack, to name it if it is wrong.
-        let mut ack_lines: HashMap<ClientId, usize> = HashMap::new();
-        for (id, seq, line) in replay.acks {
-            let Some(c) = state.clients.get_mut(&id) else {
-                return Err(journal::corrupt_because(
-                    &state_path,
-                    line,
-                    &format!("ack {id} {seq}"),
-                    &format!("an ack for {id}, which no line of the file registers"),
-                ));
-            };
-            if seq >= c.outbox.acked() {
-                c.outbox.restore_acked(seq);
-                ack_lines.insert(id, line);
-            }
-        }
+        let (mut state, ack_lines) =
+            State::from_journal(replay, config.limits.dedupe_window, &state_path)?;
         let count = replay_log(&config.data_dir, &mut state, config.limits.mailbox_memory)?;
-        for (id, c) in &state.clients {
-            if c.outbox.acked() > c.assigned_seq {
-                let line = ack_lines.get(id).copied().unwrap_or(0);
-                return Err(journal::corrupt_because(
-                    &state_path,
-                    line,
-                    &format!("ack {id} {}", c.outbox.acked()),
-                    &format!(
-                        "{id} acknowledged up to seq {} but log.txt has only {} messages \
-                         for {id}: log.txt is shorter than the journal says (restored \
-                         from an older copy?), and acknowledging messages that are not \
-                         there would hide any that arrive",
-                        c.outbox.acked(),
-                        c.assigned_seq
-                    ),
-                ));
-            }
-        }
-        let snapshot: Vec<Record> = state
-            .clients
-            .iter()
-            .flat_map(|(id, c)| {
-                let acked = c.outbox.acked();
-                let ack = (acked > 0).then(|| Record::Ack(id.clone(), acked));
-                std::iter::once(Record::Register(id.clone(), c.registered_ms, c.secret)).chain(ack)
-            })
-            .collect();
-        if replay.state_lines > snapshot.len() {
-            journal::compact_state(&config.data_dir, &snapshot)?;
-        }
-        let pending: usize = state.clients.values().map(|c| c.outbox.len()).sum();
-        let spilled: usize = state
-            .clients
-            .values()
-            .flat_map(|c| c.outbox.iter())
-            .filter(|p| matches!(p, Pending::Spilled(_)))
-            .count();
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            clients = state.clients.len(),
-            messages = count,
-            undelivered = pending,
-            undelivered_in_log_only = spilled,
-            "state rebuilt from the data directory"
-        );
+        state.check_acks_within_log(&state_path, &ack_lines)?;
+        state.compact_journal(&config.data_dir, state_lines)?;
+        let pending = state.report_rebuilt(&config.data_dir, count);
 
         let metrics = Arc::new(Metrics::new());
         metrics.registered.set(gauge(state.clients.len()));
         metrics.pending.set(gauge(pending));
+        Self::start(config, state, metrics, lock)
+    }
 
+    /// The server over the rebuilt `state`: starts the journal writer (which
+    /// makes each durable batch visible through [`commit`]) and opens
+    /// `log.txt` for reading histories back. `lock` is held for its lifetime.
+    fn start(
+        config: ServerConfig,
+        state: State,
+        metrics: Arc<Metrics>,
+        lock: std::fs::File,
+    ) -> Result<Self, ChatError> {
         let state = Arc::new(Mutex::new(state));
         let for_writer = (state.clone(), metrics.clone());
         let budget = config.limits.mailbox_memory;
@@ -974,6 +919,123 @@ fn claim(
     c.secret = Some(presented);
     let record = Record::Register(id.clone(), now, Some(presented));
     Ok((Principal { id }, true, Some(record)))
+}
+
+/// Rebuilding the state in [`ChatServer::open`]: `state.journal` first
+/// ([`State::from_journal`]), then `log.txt` on top ([`replay_log`]), then
+/// the checks and the compaction that need both.
+impl State {
+    /// A state holding the registrations and acknowledged cursors of
+    /// `state.journal` (`replay`, read from `state_path`), ready for
+    /// `log.txt` to be replayed on top. Refuses an ack for an ID that no
+    /// line registers. Also returns the line of each client's highest ack,
+    /// for [`State::check_acks_within_log`] to name.
+    fn from_journal(
+        replay: journal::Replay,
+        dedupe_window: usize,
+        state_path: &Path,
+    ) -> Result<(Self, HashMap<ClientId, usize>), ChatError> {
+        let mut state = State {
+            recent: Recent::with_capacity(dedupe_window),
+            ..State::default()
+        };
+        for (id, ts, secret) in replay.registered {
+            let c = state.clients.entry(id).or_default();
+            c.registered_ms = ts;
+            if secret.is_some() {
+                c.secret = secret;
+            }
+        }
+        // The line of each client's highest ack, to name it if it is wrong.
+        let mut ack_lines: HashMap<ClientId, usize> = HashMap::new();
+        for (id, seq, line) in replay.acks {
+            let Some(c) = state.clients.get_mut(&id) else {
+                return Err(journal::corrupt_because(
+                    state_path,
+                    line,
+                    &format!("ack {id} {seq}"),
+                    &format!("an ack for {id}, which no line of the file registers"),
+                ));
+            };
+            if seq >= c.outbox.acked() {
+                c.outbox.restore_acked(seq);
+                ack_lines.insert(id, line);
+            }
+        }
+        Ok((state, ack_lines))
+    }
+
+    /// Refuses a client acknowledged beyond the messages `log.txt` holds
+    /// for it, naming the ack's line of `state_path` (from `ack_lines`).
+    fn check_acks_within_log(
+        &self,
+        state_path: &Path,
+        ack_lines: &HashMap<ClientId, usize>,
+    ) -> Result<(), ChatError> {
+        for (id, c) in &self.clients {
+            if c.outbox.acked() > c.assigned_seq {
+                let line = ack_lines.get(id).copied().unwrap_or(0);
+                return Err(journal::corrupt_because(
+                    state_path,
+                    line,
+                    &format!("ack {id} {}", c.outbox.acked()),
+                    &format!(
+                        "{id} acknowledged up to seq {} but log.txt has only {} messages \
+                         for {id}: log.txt is shorter than the journal says (restored \
+                         from an older copy?), and acknowledging messages that are not \
+                         there would hide any that arrive",
+                        c.outbox.acked(),
+                        c.assigned_seq
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `state.journal` holds when written afresh: every client's
+    /// registration and, once it acknowledged anything, its cursor.
+    fn snapshot(&self) -> Vec<Record> {
+        self.clients
+            .iter()
+            .flat_map(|(id, c)| {
+                let acked = c.outbox.acked();
+                let ack = (acked > 0).then(|| Record::Ack(id.clone(), acked));
+                std::iter::once(Record::Register(id.clone(), c.registered_ms, c.secret)).chain(ack)
+            })
+            .collect()
+    }
+
+    /// Rewrites `state.journal` in `dir` as [`State::snapshot`] when the
+    /// file's `state_lines` lines are more than the snapshot's.
+    fn compact_journal(&self, dir: &Path, state_lines: usize) -> Result<(), ChatError> {
+        let snapshot = self.snapshot();
+        if state_lines > snapshot.len() {
+            journal::compact_state(dir, &snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// Logs what was rebuilt from `data_dir` (`messages` lines of
+    /// `log.txt`) and returns how many messages are undelivered.
+    fn report_rebuilt(&self, data_dir: &Path, messages: usize) -> usize {
+        let pending: usize = self.clients.values().map(|c| c.outbox.len()).sum();
+        let spilled: usize = self
+            .clients
+            .values()
+            .flat_map(|c| c.outbox.iter())
+            .filter(|p| matches!(p, Pending::Spilled(_)))
+            .count();
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            clients = self.clients.len(),
+            messages,
+            undelivered = pending,
+            undelivered_in_log_only = spilled,
+            "state rebuilt from the data directory"
+        );
+        pending
+    }
 }
 
 /// Rebuilds histories, mailboxes and the dedupe window from `log.txt`,

@@ -1,14 +1,11 @@
 //! Property tests of the parsers of outside input that need no files:
 //! `log.txt` lines (CLI input lines are chat-cli's, in its `tests/line.rs`).
 //!
-//! Case counts are bounded (see `config`) so that `cargo test` stays fast;
-//! `PROPTEST_CASES` raises them for a longer hunt.
-
-mod common;
+//! Case counts are bounded (see `chat_core::proptest_config`) so that
+//! `cargo test` stays fast; `PROPTEST_CASES` raises them for a longer hunt.
 
 use chat_core::log_line::{LineError, parse_line, write_line};
-use chat_core::{ClientId, Message, MessageId};
-use common::config;
+use chat_core::{ClientId, Message, MessageId, proptest_config};
 use proptest::prelude::*;
 
 /// Characters that stress the escaping: backslash, every control, the
@@ -81,7 +78,7 @@ fn check_error_names_the_problem(e: &LineError) {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(proptest_config(256))]
 
     #[test]
     fn a_log_line_round_trips_whatever_the_text(m in message()) {

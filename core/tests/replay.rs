@@ -7,13 +7,11 @@
 //! Each case touches real files, so the case counts are lower than for the
 //! pure parsers; `PROPTEST_CASES` raises them.
 
-mod common;
-
-use common::config;
 use std::path::Path;
 
 use chat_core::journal::{self, LOG_FILE, STATE_FILE};
 use chat_core::log_line::write_line;
+use chat_core::proptest_config;
 use chat_core::{ChatServer, ClientId, Message, MessageId, ServerConfig};
 use proptest::prelude::*;
 
@@ -112,7 +110,7 @@ fn open_twice(dir: &Path) {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(proptest_config(64))]
 
     #[test]
     fn replay_of_arbitrary_bytes_never_panics(

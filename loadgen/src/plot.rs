@@ -7,17 +7,17 @@
 //! report's figures can always be redrawn from the committed rows, and the
 //! file names below are a contract the report links to.
 //!
-//! * Each point is drawn from its most recent run ([`select`]): a rerun
+//! * Each point is drawn from its most recent run (`select`): a rerun
 //!   after a fix replaces the old figure.
 //! * A chart whose rows are missing is skipped with one line on stderr
 //!   (and its stale PNG removed), never an error: a quick or partial sweep
 //!   still plots what it has.
-//! * PNGs only need the font compiled into the binary ([`style`]); no
+//! * PNGs only need the font compiled into the binary (`style`); no
 //!   system font libraries.
 //!
-//! Modules: [`axis`] (ticks and units), [`style`] (font, colours, sizes),
-//! [`draw`] (lines, markers, bars), [`lines`] and [`hdr`] (line charts),
-//! [`bars`] (bar charts), [`timeline`] (the fault timeline), [`summary`]
+//! Modules: `axis` (ticks and units), `style` (font, colours, sizes),
+//! `draw` (lines, markers, bars), `lines` and `hdr` (line charts),
+//! `bars` (bar charts), `timeline` (the fault timeline), `summary`
 //! (summary.md).
 
 use std::path::{Path, PathBuf};

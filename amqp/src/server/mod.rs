@@ -58,7 +58,7 @@
 //! consumer, because a second server would silently compete for requests
 //! with a state of its own (clients would get wrong answers). The broker
 //! refuses a second one with ACCESS_REFUSED. At start that ends the process
-//! (after [`TAKEN_GRACE`], in case the previous server just died and the
+//! (after `TAKEN_GRACE`, in case the previous server just died and the
 //! broker has not noticed yet). A server that has served already and meets
 //! another one while reconnecting does not exit: it logs an error and keeps
 //! retrying with backoff, and takes over once the other one is gone (its

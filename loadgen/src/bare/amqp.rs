@@ -9,7 +9,7 @@
 //!
 //! Order and concurrency: a recipient must see its seqs in order (it drops
 //! anything at or below the last one it showed), so seqs are assigned in
-//! delivery order and each recipient is served by one of [`LANES`] tasks,
+//! delivery order and each recipient is served by one of `LANES` tasks,
 //! which publish in order; different recipients proceed in parallel, as the
 //! chat's handlers do. A `send_batch` request (the clients' adaptive
 //! batching) is relayed message by message, through the lanes of its
