@@ -574,3 +574,95 @@ pub fn compact_state(dir: &Path, snapshot: &[Record]) -> Result<(), ChatError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::MessageId;
+    use std::sync::Mutex;
+
+    fn message(n: u64) -> Record {
+        Record::Message(Arc::new(Message {
+            id: MessageId(uuid::Uuid::from_u128(n.into())),
+            from: ClientId::parse("alice").unwrap(),
+            to: ClientId::parse("bob").unwrap(),
+            text: format!("m{n}"),
+            timestamp_ms: 1_764_237_000_000,
+            seq: n,
+        }))
+    }
+
+    /// Starts a writer whose publish notes each published message's text.
+    fn writer(dir: &Path, durability: Durability) -> (JobSender, Arc<Mutex<Vec<String>>>) {
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let seen = published.clone();
+        let publish: Publish = Box::new(move |records, _| {
+            for r in records {
+                if let Record::Message(m) = r {
+                    seen.lock().unwrap().push(m.text.clone());
+                }
+            }
+        });
+        let tx = start_writer(dir, durability, Arc::new(Metrics::new()), publish).unwrap();
+        (tx, published)
+    }
+
+    /// With either durability the writer writes and publishes jobs in the
+    /// order they were queued, from many tasks at once, and answers every
+    /// job (with `fsync`, acks-only state batches sync beside the log).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_are_written_and_published_in_queue_order() {
+        for durability in [Durability::Os, Durability::Fsync] {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, published) = writer(dir.path(), durability);
+            // Queued under one lock, as the server does under its state lock.
+            let order = Arc::new(Mutex::new(0u64));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let (tx, order) = (tx.clone(), order.clone());
+                tasks.spawn(async move {
+                    for _ in 0..50 {
+                        let rxs = {
+                            let mut n = order.lock().unwrap();
+                            *n += 1;
+                            let mut records = vec![message(*n)];
+                            if *n % 10 == 0 {
+                                let bob = ClientId::parse("bob").unwrap();
+                                records.push(Record::Ack(bob, *n - 5));
+                            }
+                            let mut rxs = Vec::new();
+                            for record in records {
+                                let (done, rx) = oneshot::channel();
+                                tx.send(Job { record, done }).unwrap();
+                                rxs.push(rx);
+                            }
+                            rxs
+                        };
+                        for rx in rxs {
+                            rx.await.unwrap().unwrap();
+                        }
+                    }
+                });
+            }
+            while let Some(t) = tasks.join_next().await {
+                t.unwrap();
+            }
+            let expected: Vec<String> = (1..=400).map(|n| format!("m{n}")).collect();
+            assert_eq!(*published.lock().unwrap(), expected, "{durability:?}");
+            let logged: Vec<String> = replay(dir.path())
+                .unwrap()
+                .messages
+                .into_iter()
+                .map(|m| m.text)
+                .collect();
+            assert_eq!(logged, expected, "{durability:?}");
+            let acks: Vec<u64> = read_state(dir.path())
+                .unwrap()
+                .acks
+                .into_iter()
+                .map(|(_, seq, _)| seq)
+                .collect();
+            assert_eq!(acks, (1..=40).map(|k| k * 10 - 5).collect::<Vec<_>>());
+        }
+    }
+}
