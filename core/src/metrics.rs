@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ErrorCode;
@@ -62,6 +62,55 @@ pub struct Metrics {
     refused: Vec<Counter>,
 }
 
+/// Registers `metric` under `name` and returns it (a handle to the same
+/// value: prometheus-client metrics are shared on clone).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The journal's batch size and append time, and the sends per request.
+fn register_histograms(r: &mut Registry) -> (Histogram, Histogram, Histogram) {
+    // 1, 2, 4, ... 1024 (the writer takes at most 1024 records at once).
+    let journal_batch = register(
+        r,
+        "chat_journal_batch_records",
+        "Records (messages, acks, registrations) written by one journal append (group commit)",
+        Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+    );
+    // 4 µs .. about 2 s, doubling.
+    let journal_append = register(
+        r,
+        "chat_journal_append_seconds",
+        "Time of one journal append: the write calls, and the fsync with --durability fsync",
+        Histogram::new(exponential_buckets(4e-6, 2.0, 20)),
+    );
+    // 1, 2, 4, ... 1024 sends per request.
+    let send_batch = register(
+        r,
+        "chat_send_batch_messages",
+        "Sends carried by one send request: 1 for a lone send, more for a batch (the clients' adaptive batching)",
+        Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+    );
+    (journal_batch, journal_append, send_batch)
+}
+
+/// One refusal counter per [`ErrorCode`], indexed by its number, in the
+/// family `chat_requests_refused` labelled by the code's name.
+fn register_refused(r: &mut Registry) -> Vec<Counter> {
+    let family = Family::<CodeLabel, Counter>::default();
+    let refused = (0..)
+        .map_while(|n| ErrorCode::try_from(n).ok())
+        .map(|code| family.get_or_create_owned(&[("code", code_name(code))]))
+        .collect();
+    r.register(
+        "chat_requests_refused",
+        "Requests answered with an error, by error code",
+        family,
+    );
+    refused
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -76,76 +125,47 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let accepted = Counter::default();
-        registry.register(
+        let mut r = Registry::default();
+        let accepted = register(
+            &mut r,
             "chat_messages_accepted",
             "Messages accepted (appended to log.txt) since the server started; a retried send is counted once",
-            accepted.clone(),
+            Counter::default(),
         );
-        let delivered = Counter::default();
-        registry.register(
+        let delivered = register(
+            &mut r,
             "chat_messages_delivered",
             "Messages handed to their next hop: written to the recipient's stream (gRPC) or confirmed by the broker in the recipient's queue (AMQP); re-sends after a reconnect count again",
-            delivered.clone(),
+            Counter::default(),
         );
-        let acked = Counter::default();
-        registry.register(
+        let acked = register(
+            &mut r,
             "chat_messages_acked",
             "Messages acknowledged: the recipient's cursor moved past them (gRPC: the client's ack; AMQP: the broker's confirm)",
-            acked.clone(),
+            Counter::default(),
         );
-        let pending = Gauge::default();
-        registry.register(
+        let pending = register(
+            &mut r,
             "chat_messages_pending",
             "Messages accepted and not yet acknowledged, over all recipients (including those from before a restart)",
-            pending.clone(),
+            Gauge::default(),
         );
-        let registered = Gauge::default();
-        registry.register(
+        let registered = register(
+            &mut r,
             "chat_clients_registered",
             "Registered client IDs",
-            registered.clone(),
+            Gauge::default(),
         );
-        let online = Gauge::default();
-        registry.register(
+        let online = register(
+            &mut r,
             "chat_clients_online",
             "Clients online as the server's registry has them: with an open Subscribe stream (gRPC); joined and consuming their queue (AMQP)",
-            online.clone(),
+            Gauge::default(),
         );
-        // 1, 2, 4, ... 1024 (the writer takes at most 1024 records at once).
-        let journal_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        registry.register(
-            "chat_journal_batch_records",
-            "Records (messages, acks, registrations) written by one journal append (group commit)",
-            journal_batch.clone(),
-        );
-        // 4 µs .. about 2 s, doubling.
-        let journal_append = Histogram::new(exponential_buckets(4e-6, 2.0, 20));
-        registry.register(
-            "chat_journal_append_seconds",
-            "Time of one journal append: the write calls, and the fsync with --durability fsync",
-            journal_append.clone(),
-        );
-        // 1, 2, 4, ... 1024 sends per request.
-        let send_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        registry.register(
-            "chat_send_batch_messages",
-            "Sends carried by one send request: 1 for a Send, more for a SendBatch (gRPC clients' adaptive batching)",
-            send_batch.clone(),
-        );
-        let family = Family::<CodeLabel, Counter>::default();
-        let refused = (0..)
-            .map_while(|n| ErrorCode::try_from(n).ok())
-            .map(|code| family.get_or_create_owned(&[("code", code_name(code))]))
-            .collect();
-        registry.register(
-            "chat_requests_refused",
-            "Requests answered with an error, by error code",
-            family,
-        );
+        let (journal_batch, journal_append, send_batch) = register_histograms(&mut r);
+        let refused = register_refused(&mut r);
         Self {
-            registry,
+            registry: r,
             accepted,
             delivered,
             acked,

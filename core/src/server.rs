@@ -49,7 +49,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::error::ChatError;
 use crate::id::{ClientId, MessageId};
 use crate::identity::{Credentials, Principal, Secret, SecretHash};
-use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Record};
+use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Located, Record};
 use crate::limits::Limits;
 use crate::message::{ClientInfo, Message, Receipt, SendCommand, now_ms};
 use crate::metrics::Metrics;
@@ -1043,22 +1043,11 @@ impl State {
 /// number of messages.
 fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, ChatError> {
     let path = dir.join(LOG_FILE);
-    // Every ID with its line and a hash of the line, to find a repeated
-    // line; dropped after replay. The same ID on two *different* lines is
-    // legitimate: a send retried after its ID left the dedupe window was
-    // accepted (and delivered) twice, and replay reproduces that.
-    let mut seen: HashMap<MessageId, (usize, u64)> = HashMap::new();
+    let mut repeats = Repeats::default();
     let mut count = 0;
     journal::scan_log(dir, |at, line, m| {
         let bad = |why: String| journal::corrupt_because(&path, at.line, line, &why);
-        let hash = {
-            use std::hash::{BuildHasher as _, BuildHasherDefault};
-            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one(line)
-        };
-        if let Some((first, first_hash)) = seen.insert(m.id, (at.line, hash))
-            && first_hash == hash
-        {
+        if let Some(first) = repeats.check(m.id, at.line, line) {
             return Err(bad(format!(
                 "it repeats line {first} exactly (message {}); replaying it would deliver \
                  that message twice (was a line copied, or a file restored twice?)",
@@ -1066,23 +1055,48 @@ fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, Cha
             )));
         }
         count += 1;
-        let Some((from, _)) = state.clients.get_key_value(&m.from) else {
-            return Err(bad(format!(
-                "the sender {} is not registered in {}",
-                m.from,
+        state.replay_message(at, m, budget).map_err(bad)
+    })?;
+    Ok(count)
+}
+
+/// Every message ID of `log.txt` with its line and a hash of the line, to
+/// find a line repeated exactly; dropped after replay. The same ID on two
+/// *different* lines is legitimate: a send retried after its ID left the
+/// dedupe window was accepted (and delivered) twice, and replay reproduces
+/// that.
+#[derive(Default)]
+struct Repeats(HashMap<MessageId, (usize, u64)>);
+
+impl Repeats {
+    /// The earlier line that `line` (line number `n`, message `id`) repeats.
+    fn check(&mut self, id: MessageId, n: usize, line: &str) -> Option<usize> {
+        use std::hash::{BuildHasher as _, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(line);
+        match self.0.insert(id, (n, hash)) {
+            Some((first, first_hash)) if first_hash == hash => Some(first),
+            _ => None,
+        }
+    }
+}
+
+impl State {
+    /// Gives a message read back from `log.txt` (at `at`) its recipient's
+    /// next seq, and puts it in the dedupe window, its sender's history
+    /// and, unless acknowledged, its recipient's mailbox. Why not, when its
+    /// sender or recipient is not registered.
+    fn replay_message(&mut self, at: Located, m: Message, budget: usize) -> Result<(), String> {
+        let registered = |id: &ClientId, role: &str| match self.clients.get_key_value(id) {
+            Some((id, _)) => Ok(id.clone()),
+            None => Err(format!(
+                "the {role} {id} is not registered in {}",
                 journal::STATE_FILE
-            )));
+            )),
         };
-        let from = from.clone();
-        let Some((to, _)) = state.clients.get_key_value(&m.to) else {
-            return Err(bad(format!(
-                "the recipient {} is not registered in {}",
-                m.to,
-                journal::STATE_FILE
-            )));
-        };
-        let to = to.clone();
-        let c = state.clients.get_mut(&to).expect("looked up above");
+        let from = registered(&m.from, "sender")?;
+        let to = registered(&m.to, "recipient")?;
+        let c = self.clients.get_mut(&to).expect("looked up above");
         c.assigned_seq += 1;
         let seq = c.assigned_seq;
         let acked = c.outbox.acked();
@@ -1092,21 +1106,19 @@ fn replay_log(dir: &Path, state: &mut State, budget: usize) -> Result<usize, Cha
             to,
             ..m
         };
-        state.recent.insert(Receipt::of(&message));
+        self.recent.insert(Receipt::of(&message));
         let sent = Sent::new(at.offset, at.len, seq);
         if seq > acked {
             let to = message.to.clone();
-            state.enqueue(&to, Arc::new(message), sent, budget);
+            self.enqueue(&to, Arc::new(message), sent, budget);
         }
-        state
-            .clients
+        self.clients
             .get_mut(&from)
             .expect("looked up above")
             .history
             .push(sent);
         Ok(())
-    })?;
-    Ok(count)
+    }
 }
 
 /// Makes a durable batch visible: messages enter the sender's history and
