@@ -438,9 +438,9 @@ struct Files {
     log: File,
     state: Arc<File>,
     log_len: u64,
-    durability: Durability,
-    /// With `fsync`: a thread that syncs `state.journal` while the writer
-    /// syncs `log.txt`, so that a batch waits for one disk flush, not two.
+    /// Present with `--durability fsync` only: a thread that syncs
+    /// `state.journal` while the writer syncs `log.txt`, so that a batch
+    /// waits for one disk flush, not two.
     state_sync: Option<Syncer>,
 }
 
@@ -472,7 +472,6 @@ impl Files {
             log,
             state,
             log_len,
-            durability,
             state_sync,
         })
     }
@@ -485,27 +484,27 @@ impl Files {
     /// already durable (messages are delivered only once durable), and an
     /// ack lost to a crash only means a redelivery.
     fn append(&mut self, state_buf: &str, log_buf: &str, registers: bool) -> std::io::Result<()> {
-        let fsync = self.durability == Durability::Fsync;
         let state_dirty = !state_buf.is_empty();
         let log_dirty = !log_buf.is_empty();
         if state_dirty {
             (&*self.state).write_all(state_buf.as_bytes())?;
         }
-        if fsync && registers {
+        let fsync = self.state_sync.as_ref();
+        if fsync.is_some() && registers {
             self.state.sync_data()?;
         }
         if log_dirty {
             self.log.write_all(log_buf.as_bytes())?;
         }
-        if !fsync {
+        let Some(syncer) = fsync else {
             return Ok(());
-        }
+        };
         let log = &self.log;
-        match (state_dirty && !registers, log_dirty, &self.state_sync) {
-            (true, true, Some(syncer)) => syncer.sync_beside(|| log.sync_data()),
-            (true, _, _) => self.state.sync_data(),
-            (false, true, _) => log.sync_data(),
-            (false, false, _) => Ok(()),
+        match (state_dirty && !registers, log_dirty) {
+            (true, true) => syncer.sync_beside(|| log.sync_data()),
+            (true, false) => self.state.sync_data(),
+            (false, true) => log.sync_data(),
+            (false, false) => Ok(()),
         }
     }
 }
