@@ -283,6 +283,32 @@ impl Proxy {
     pub fn refuse(&self, on: bool) {
         self.inner.refuse(on);
     }
+
+    /// Holds every byte on every connection, open and new, while `on`
+    /// (a connection attempt through it hangs until released).
+    pub fn set_frozen(&self, on: bool) {
+        self.inner.set_frozen(on);
+    }
+}
+
+/// Whether `queue` exists on the broker at `url` (a passive declare, on a
+/// connection of its own).
+pub async fn queue_exists(url: &str, queue: &str) -> bool {
+    use lapin::options::QueueDeclareOptions;
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let found = ch
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .is_ok();
+    let _ = conn.close(200, "done".into()).await;
+    found
 }
 
 /// The broker URL with its host and port replaced by `addr` (a proxy's).
