@@ -49,7 +49,9 @@ pub fn id(s: &str) -> ClientId {
 }
 
 /// A namespace of its own for one test; its queues and exchange are
-/// deleted when it is dropped.
+/// deleted when it is dropped. Make it the test's first local, so that it
+/// drops after every server and client of the test: a server still running
+/// would declare a client queue again when its consumer goes.
 pub struct Namespace {
     pub name: String,
     pub url: String,
