@@ -653,7 +653,11 @@ impl Shared {
     }
 
     /// Opens a new link, retrying with `backoff` (a relogin tries the first
-    /// time at once). `None` once the client is dropped.
+    /// time at once). `None` once the client is dropped, even when that
+    /// happened while a connection attempt was under way: a dropped client
+    /// must do nothing more on the broker (re-opening its inbox declares
+    /// the queue again, which would bring back a queue deleted since, as
+    /// a test's clean-up does).
     async fn reconnect(
         self: &Arc<Self>,
         mut relogin: bool,
@@ -661,6 +665,9 @@ impl Shared {
         stop: &mut watch::Receiver<()>,
     ) -> Option<Arc<Link>> {
         loop {
+            if dropped(stop) {
+                return None;
+            }
             if !std::mem::take(&mut relogin) {
                 let delay = backoff.next_delay();
                 tokio::select! {
@@ -669,6 +676,10 @@ impl Shared {
                 }
             }
             match self.open_link().await {
+                Ok(l) if dropped(stop) => {
+                    l.close().await;
+                    return None;
+                }
                 Ok(l) => return Some(l),
                 Err(e) => tracing::info!(
                     "cannot reach the broker at {}: {e}; retrying",
@@ -741,6 +752,12 @@ impl Shared {
             }
         });
     }
+}
+
+/// Whether the client is gone: [`Life`], dropped with its last clone,
+/// holds the only sender of `stop`.
+fn dropped(stop: &watch::Receiver<()>) -> bool {
+    stop.has_changed().is_err()
 }
 
 /// Declares this connection's reply queue (exclusive, server-named) and

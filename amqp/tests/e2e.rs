@@ -1,8 +1,10 @@
 //! The shared end-to-end scenarios (chat-testkit) against the AMQP stack:
 //! the same test code as the gRPC stack's, with real `amqp-server` and
-//! `amqp-client` processes on the real broker.
+//! `amqp-client` processes on the real broker. Also: that the harness
+//! (testkit's `Env` over this stack) leaves no queue behind.
 
 mod common;
+mod raw;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,4 +122,57 @@ mod per_client {
     use super::*;
 
     chat_testkit::chat_scenarios!(AmqpStack<true>);
+}
+
+/// testkit's `Env` stops its server before the namespace is deleted. A
+/// server still running then sees the consumer of a client queue go (the
+/// queue deleted under it, or the client closing late) and checks that
+/// queue by declaring it, which would leave it on the broker for good.
+/// Here alice's inbox is consumed by a raw connection that outlives the
+/// `Env` and, unlike a client, does nothing when its consumer goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_leaves_no_client_queue_behind() {
+    use chat_core::ChatClient;
+    use chat_proto::v1 as pb;
+    use lapin::options::BasicConsumeOptions;
+
+    let env = chat_testkit::Env::<Amqp>::start().await;
+    let (url, inbox) = (env.stack.ns.url.clone(), env.stack.ns.queue("client.alice"));
+    let names = env.stack.ns.config().names().unwrap();
+    let alice = env.client("alice").await;
+    alice.register().await.unwrap();
+    let mut peer = raw::RawPeer::connect(&env.stack.ns).await;
+    let _consumer = peer
+        .ch
+        .basic_consume(
+            inbox.as_str().into(),
+            "alice".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let join = pb::request::Body::Join(pb::JoinRequest {
+        client_id: "alice".into(),
+    });
+    let reply = peer.ask(&raw::request(join), None).await;
+    assert!(
+        matches!(reply.body, Some(pb::reply::Body::Join(_))),
+        "{reply:?}"
+    );
+    drop(alice);
+
+    drop(env);
+    // Room for a server that would declare the queue again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = common::queue_exists(&url, &inbox).await;
+    if back {
+        let alice = ["alice".to_owned()];
+        let _ = chat_amqp::topology::delete(&url, &names, &alice, false).await;
+    }
+    peer.close().await;
+    assert!(!back, "{inbox} is back after the clean-up");
 }

@@ -621,6 +621,50 @@ async fn a_reconnecting_server_waits_for_the_namespace_to_be_free() {
     first.stop().await;
 }
 
+/// A client dropped while it reconnects does nothing more on the broker,
+/// even if that connection attempt succeeds afterwards: re-opening its
+/// inbox would declare its queue again, bringing back a queue deleted
+/// meanwhile (as a test's clean-up deletes its namespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_while_reconnecting_declares_nothing() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start().await;
+    let server = InProcessServer::start(ns.config()).await;
+    let alice = ns.client_with("alice", &ns.config_via(&proxy.url())).await;
+    let mut a_in = alice.join().await.unwrap();
+    let inbox = ns.queue("client.alice");
+
+    // Alice loses her connection; her next attempt hangs in the proxy.
+    proxy.set_frozen(true);
+    proxy.cut();
+    match tokio::time::timeout(WAIT, a_in.recv()).await.unwrap() {
+        Some(IncomingEvent::State(ConnectionState::Reconnecting { .. })) => {}
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+    // Past the first backoff (at most 200 ms): the attempt is under way.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(a_in);
+    drop(alice);
+    chat_amqp::topology::delete(
+        &ns.url,
+        &ns.config().names().unwrap(),
+        &["alice".into()],
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(!queue_exists(&ns.url, &inbox).await);
+
+    // The attempt goes through now, for a client that is gone.
+    proxy.set_frozen(false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !queue_exists(&ns.url, &inbox).await,
+        "the dropped client declared its inbox again"
+    );
+    server.stop().await;
+}
+
 /// A client that cannot reach the broker says so, naming where it tried
 /// without the password of the URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,3 +186,57 @@ async fn a_server_without_consumer_events_refuses_to_start_and_says_why() {
         "{stderr}"
     );
 }
+
+/// A server dropped while it runs (its task aborted, as dropping an
+/// in-process test server does) stops following the broker's events too:
+/// one that went on would see a client queue's consumer go and declare the
+/// queue again to check on it, bringing back a queue deleted since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_declares_nothing_more() {
+    use lapin::options::BasicConsumeOptions;
+
+    let ns = Namespace::new();
+    let server = InProcessServer::start(ns.config()).await;
+    let alice = ns.registered("alice").await;
+    let inbox = ns.queue("client.alice");
+    // Alice online through a raw consumer, which (unlike a client) does
+    // nothing when its consumer goes.
+    let mut peer = RawPeer::connect(&ns).await;
+    let _consumer = peer
+        .ch
+        .basic_consume(
+            inbox.as_str().into(),
+            "alice".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let join = pb::request::Body::Join(pb::JoinRequest {
+        client_id: "alice".into(),
+    });
+    let reply = peer.ask(&raw::request(join), None).await;
+    assert!(
+        matches!(reply.body, Some(pb::reply::Body::Join(_))),
+        "{reply:?}"
+    );
+    assert!(listed_online(&alice, "alice").await);
+    drop(alice);
+
+    drop(server);
+    let names = ns.config().names().unwrap();
+    let alice = ["alice".to_owned()];
+    chat_amqp::topology::delete(&ns.url, &names, &alice, false)
+        .await
+        .unwrap();
+    // Room for a server that would declare the queue again.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !queue_exists(&ns.url, &inbox).await,
+        "{inbox} is back after the server was dropped"
+    );
+    peer.close().await;
+}

@@ -205,7 +205,7 @@ impl Runner {
         let figures_before = server.scrape().await;
         let started_at = chat_core::message::format_timestamp(chat_core::message::now_ms());
         let live = Arc::new(Live::default());
-        let (bar, ticker) = self.spinner(point, &live);
+        let line = ProgressLine::start(&self.bars, point, &live);
 
         let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Setup);
         let sampler = sample_processes(point, server, phase_rx.clone());
@@ -221,9 +221,7 @@ impl Runner {
             drive(&endpoint, point, &tag, live.clone(), marks),
             inject(point, server, &self.target, proxy.as_ref(), phase_rx)
         );
-        ticker.abort();
-        bar.finish_and_clear();
-        self.bars.remove(&bar);
+        drop(line);
         let outcome = outcome?;
         let struck = injected?;
         let usage = sampler.await.unwrap_or_default();
@@ -236,19 +234,6 @@ impl Runner {
         }
         self.record(point, &row, &outcome)?;
         Ok(row)
-    }
-
-    /// The point's progress line: a spinner that [`progress`] refreshes
-    /// with the live counts until the returned task is aborted.
-    fn spinner(&self, point: &Point, live: &Arc<Live>) -> (ProgressBar, JoinHandle<()>) {
-        let bar = self.bars.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"),
-        );
-        bar.set_prefix(point.stack.name());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
-        (bar, ticker)
     }
 
     /// Leaves what a point measured behind: its histograms, its timeline
@@ -387,7 +372,8 @@ fn usage_columns(row: &mut Row, usage: &HashMap<&str, Option<Usage>>) {
 
 /// Samples the CPU and memory of loadgen, of the server (when loadgen
 /// started it) and of the broker (AMQP stacks, when it runs here) over the
-/// measured window; the task ends with the window.
+/// measured window; the task ends with the window, or as soon as the phase
+/// sender is dropped (every way out of [`Runner::run_point`] drops it).
 fn sample_processes(
     point: &Point,
     server: &Server,
@@ -625,6 +611,42 @@ async fn rabbitmqctl(action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A point's progress line: a spinner that [`progress`] refreshes with the
+/// live counts for as long as this value lives. Dropping it stops that task
+/// and takes the line off the screen, so no path out of
+/// [`Runner::run_point`] (an error, such as a fault proxy that does not
+/// start, or the future being dropped) leaves the task running.
+struct ProgressLine {
+    bars: MultiProgress,
+    bar: ProgressBar,
+    ticker: JoinHandle<()>,
+}
+
+impl ProgressLine {
+    fn start(bars: &MultiProgress, point: &Point, live: &Arc<Live>) -> Self {
+        let bar = bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} {spinner} {msg}").expect("valid template"),
+        );
+        bar.set_prefix(point.stack.name());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let ticker = tokio::spawn(progress(bar.clone(), live.clone(), point.describe()));
+        Self {
+            bars: bars.clone(),
+            bar,
+            ticker,
+        }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+        self.bars.remove(&self.bar);
+    }
+}
+
 /// Refreshes a point's progress line with the current rates.
 async fn progress(bar: ProgressBar, live: Arc<Live>, what: String) {
     let mut last = (0u64, 0u64);
@@ -676,6 +698,42 @@ mod tests {
              chat_journal_append_seconds_sum {sum}\nchat_journal_append_seconds_count {total}\n"
         );
         Scrape::parse(&text).unwrap()
+    }
+
+    fn point() -> Point {
+        Point {
+            experiment: "test".into(),
+            stack: StackKind::Grpc,
+            clients: 2,
+            load: crate::scenario::Load::Rate(10.0),
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            payload: 64,
+            pattern: crate::scenario::Pattern::Pairs,
+            seed: 1,
+            drain: Duration::from_secs(1),
+            fault: None,
+        }
+    }
+
+    /// A point that fails before its clients have run (say, its fault
+    /// proxy does not start) leaves run_point with the progress line never
+    /// stopped by hand: dropping it must end its task all the same.
+    #[tokio::test]
+    async fn dropping_a_progress_line_stops_its_task() {
+        let bars = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+        let live = Arc::new(Live::default());
+        let line = ProgressLine::start(&bars, &point(), &live);
+        assert_eq!(Arc::strong_count(&live), 2, "the task holds the counts");
+        drop(line);
+        // The task lets go of the counts when it ends.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while Arc::strong_count(&live) > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the progress task still runs after its line was dropped");
     }
 
     #[test]

@@ -76,10 +76,29 @@ pub trait Stack: Sized + Send + Sync + 'static {
 /// How often a starting server's health probe is asked.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A running server binary. Killed on drop.
+/// A running server binary. Killed on drop, and gone when the drop
+/// returns: nothing it does can come after.
 pub struct ServerProcess {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for ServerProcess {
+    /// SIGKILL, then waits (blocking, at most [`PATIENCE`]) for the exit, so
+    /// that whatever the test cleans up next (an AMQP namespace's queues)
+    /// is not touched again by a server still running. A server that was
+    /// waited for already ([`Self::kill9`], [`Self::terminate`]) returns at
+    /// once.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl ServerProcess {
@@ -238,6 +257,17 @@ pub struct Env<S: Stack> {
     pub server: Option<ServerProcess>,
     /// `XDG_STATE_HOME` of the client binaries (their state files).
     pub client_state: tempfile::TempDir,
+}
+
+impl<S: Stack> Drop for Env<S> {
+    /// The server goes first, before the stack cleans up after itself: an
+    /// AMQP server still running while its namespace is deleted sees a
+    /// client's consumer go (the client closing, or its queue deleted) and
+    /// checks that queue by declaring it, which brings the queue back for
+    /// good.
+    fn drop(&mut self) {
+        drop(self.server.take());
+    }
 }
 
 impl<S: Stack> Env<S> {

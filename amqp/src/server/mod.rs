@@ -523,7 +523,7 @@ async fn serve(
     );
     let outcome = serve_requests(&generation, &consume, &mut consumer, &mut tasks, shutdown).await;
     tasks.abort_all();
-    background.abort();
+    drop(background);
     // Closed while the channels are still open, so that lapin does not see
     // them close underneath a closing connection.
     close_connection(conn, "amqp-server closing").await;
@@ -580,7 +580,11 @@ async fn survey(
 }
 
 /// The generation's background tasks: `forwarder`, `recount` and the
-/// event watcher of `presence`.
+/// event watcher of `presence`; aborted when dropped, so that they end
+/// with the generation even when the server's own future is dropped (an
+/// in-process server's task aborted): a watcher left running would go on
+/// declaring client queues (presence checks consumers that way) for a
+/// server that is gone.
 struct Background {
     forwarder: JoinHandle<()>,
     recounter: JoinHandle<()>,
@@ -597,8 +601,10 @@ impl Background {
             watcher: tokio::spawn(presence::watch(generation.clone(), events)),
         }
     }
+}
 
-    fn abort(&self) {
+impl Drop for Background {
+    fn drop(&mut self) {
         self.forwarder.abort();
         self.recounter.abort();
         self.watcher.abort();

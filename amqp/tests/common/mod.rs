@@ -49,7 +49,9 @@ pub fn id(s: &str) -> ClientId {
 }
 
 /// A namespace of its own for one test; its queues and exchange are
-/// deleted when it is dropped.
+/// deleted when it is dropped. Make it the test's first local, so that it
+/// drops after every server and client of the test: a server still running
+/// would declare a client queue again when its consumer goes.
 pub struct Namespace {
     pub name: String,
     pub url: String,
@@ -283,6 +285,32 @@ impl Proxy {
     pub fn refuse(&self, on: bool) {
         self.inner.refuse(on);
     }
+
+    /// Holds every byte on every connection, open and new, while `on`
+    /// (a connection attempt through it hangs until released).
+    pub fn set_frozen(&self, on: bool) {
+        self.inner.set_frozen(on);
+    }
+}
+
+/// Whether `queue` exists on the broker at `url` (a passive declare, on a
+/// connection of its own).
+pub async fn queue_exists(url: &str, queue: &str) -> bool {
+    use lapin::options::QueueDeclareOptions;
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let found = ch
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .is_ok();
+    let _ = conn.close(200, "done".into()).await;
+    found
 }
 
 /// The broker URL with its host and port replaced by `addr` (a proxy's).
