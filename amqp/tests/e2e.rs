@@ -133,8 +133,6 @@ mod per_client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_env_leaves_no_client_queue_behind() {
     use chat_core::ChatClient;
-    use chat_proto::v1 as pb;
-    use lapin::options::BasicConsumeOptions;
 
     let env = chat_testkit::Env::<Amqp>::start().await;
     let (url, inbox) = (env.stack.ns.url.clone(), env.stack.ns.queue("client.alice"));
@@ -142,27 +140,7 @@ async fn an_env_leaves_no_client_queue_behind() {
     let alice = env.client("alice").await;
     alice.register().await.unwrap();
     let mut peer = raw::RawPeer::connect(&env.stack.ns).await;
-    let _consumer = peer
-        .ch
-        .basic_consume(
-            inbox.as_str().into(),
-            "alice".into(),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let join = pb::request::Body::Join(pb::JoinRequest {
-        client_id: "alice".into(),
-    });
-    let reply = peer.ask(&raw::request(join), None).await;
-    assert!(
-        matches!(reply.body, Some(pb::reply::Body::Join(_))),
-        "{reply:?}"
-    );
+    let _consumer = peer.join_on(&inbox, "alice").await;
     drop(alice);
 
     drop(env);

@@ -193,8 +193,6 @@ async fn a_server_without_consumer_events_refuses_to_start_and_says_why() {
 /// queue again to check on it, bringing back a queue deleted since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_server_declares_nothing_more() {
-    use lapin::options::BasicConsumeOptions;
-
     let ns = Namespace::new();
     let server = InProcessServer::start(ns.config()).await;
     let alice = ns.registered("alice").await;
@@ -202,27 +200,7 @@ async fn a_dropped_server_declares_nothing_more() {
     // Alice online through a raw consumer, which (unlike a client) does
     // nothing when its consumer goes.
     let mut peer = RawPeer::connect(&ns).await;
-    let _consumer = peer
-        .ch
-        .basic_consume(
-            inbox.as_str().into(),
-            "alice".into(),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let join = pb::request::Body::Join(pb::JoinRequest {
-        client_id: "alice".into(),
-    });
-    let reply = peer.ask(&raw::request(join), None).await;
-    assert!(
-        matches!(reply.body, Some(pb::reply::Body::Join(_))),
-        "{reply:?}"
-    );
+    let _consumer = peer.join_on(&inbox, "alice").await;
     assert!(listed_online(&alice, "alice").await);
     drop(alice);
 

@@ -131,6 +131,35 @@ impl RawPeer {
         got
     }
 
+    /// Takes `id`'s inbox with an exclusive consumer tagged `id`, as a
+    /// client does, and sends `Join` for it: `id` is online through this
+    /// raw connection, which (unlike a client) does nothing when its
+    /// consumer goes. Returns the consumer, which must be kept.
+    pub async fn join_on(&mut self, inbox: &str, id: &str) -> lapin::Consumer {
+        let consumer = self
+            .ch
+            .basic_consume(
+                inbox.into(),
+                id.into(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let join = pb::request::Body::Join(pb::JoinRequest {
+            client_id: id.into(),
+        });
+        let reply = self.ask(&request(join), None).await;
+        assert!(
+            matches!(reply.body, Some(pb::reply::Body::Join(_))),
+            "{reply:?}"
+        );
+        consumer
+    }
+
     /// Messages waiting in `queue` (a passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
         self.ch
