@@ -192,7 +192,7 @@ pub async fn wait_healthy(config: &AmqpConfig) {
     .expect("the server never came up");
 }
 
-/// The real `amqp-server` binary, killed when dropped.
+/// The real `amqp-server` binary, killed and reaped when dropped.
 pub struct ServerProcess {
     pub child: Child,
 }
@@ -219,6 +219,23 @@ impl ServerProcess {
     /// SIGKILL: no chance to flush, ack or say goodbye.
     pub async fn kill9(mut self) {
         self.child.kill().await.unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    /// SIGKILL, then waits (blocking, at most [`chat_testkit::PATIENCE`])
+    /// for the exit, as testkit's own `ServerProcess` does: a test's
+    /// namespace clean-up that follows must not race a server still
+    /// running, which could declare a deleted client queue again.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + chat_testkit::PATIENCE;
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
