@@ -90,14 +90,21 @@ impl Drop for ServerProcess {
     /// waited for already ([`Self::kill9`], [`Self::terminate`]) returns at
     /// once.
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = self.child.start_kill();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// SIGKILLs `child` unless it has exited, then waits (blocking, at most
+/// [`PATIENCE`]) until it has: for the `Drop` of a test's server process,
+/// so that nothing the server does can come after the drop.
+pub fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = child.start_kill();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

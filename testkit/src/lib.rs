@@ -14,7 +14,7 @@ pub mod in_process;
 pub mod proxy;
 pub mod scenarios;
 
-pub use env::{Env, ServerProcess, Stack, secret_of};
+pub use env::{Env, ServerProcess, Stack, kill_and_reap, secret_of};
 pub use in_process::InProcess;
 
 /// Generous upper bound for anything that should happen "soon" (a server

@@ -223,19 +223,12 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
-    /// SIGKILL, then waits (blocking, at most [`chat_testkit::PATIENCE`])
-    /// for the exit, as testkit's own `ServerProcess` does: a test's
-    /// namespace clean-up that follows must not race a server still
-    /// running, which could declare a deleted client queue again.
+    /// SIGKILL, then waits for the exit, as testkit's own `ServerProcess`
+    /// does ([`chat_testkit::kill_and_reap`]): a test's namespace clean-up
+    /// that follows must not race a server still running, which could
+    /// declare a deleted client queue again.
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = self.child.start_kill();
-        let deadline = std::time::Instant::now() + chat_testkit::PATIENCE;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        chat_testkit::kill_and_reap(&mut self.child);
     }
 }
 
