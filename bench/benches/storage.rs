@@ -3,8 +3,9 @@
 //!
 //! * `log_line`: formatting and parsing one line (pure CPU).
 //! * `log_append_os` / `log_append_fsync`: a send through `ChatServer`
-//!   until it is durable, which is the journal's whole path (queue to the
-//!   writer thread, one `write` per batch, `fsync` or not, publish, answer).
+//!   until it is durable, which is the journal's whole path (queue, one
+//!   `write` per batch, by the waiting task with `os` or by the journal
+//!   thread with `fsync`, publish, answer).
 //!   `one_send` has one request in flight, so it is the latency of a lone
 //!   send; `group_commit_256` has 256 in flight, so they share writes (and
 //!   fsyncs) the way they do under load.

@@ -17,10 +17,11 @@
 //!   rewritten as a snapshot (one registration and one ack per client)
 //!   whenever that makes it shorter.
 //!
-//! All appends go through one writer thread, which takes every request that
-//! is queued, writes each file with one `write` call, optionally `fsync`s
-//! (both files at once, unless the batch registers a client),
-//! then hands the batch back for the server to publish. That is group
+//! All appends go through one writer (see [`Journal`] for who runs it),
+//! which takes every record that is queued, writes each file with one
+//! `write` call, optionally `fsync`s (both files at once, unless the batch
+//! registers a client), then hands the batch back for the server to
+//! publish. That is group
 //! commit: under load many sends share one syscall, and a send is answered
 //! only after its line reached the OS, so a `kill -9` loses nothing that was
 //! accepted. A torn last line (a crash in the middle of a write) was never
@@ -29,9 +30,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::ChatError;
 use crate::id::ClientId;
@@ -63,9 +64,9 @@ pub enum Record {
     Ack(ClientId, u64),
 }
 
-pub(crate) struct Job {
-    pub record: Record,
-    pub done: oneshot::Sender<Result<(), Arc<std::io::Error>>>,
+struct Job {
+    record: Record,
+    done: oneshot::Sender<Written>,
 }
 
 /// What replay found in `state.journal`.
@@ -306,41 +307,198 @@ fn read_complete_lines(path: &Path) -> Result<Vec<String>, ChatError> {
     Ok(lines)
 }
 
-/// Handle used by the server to queue records for the writer thread.
-pub(crate) type JobSender = mpsc::UnboundedSender<Job>;
-
 /// Called by the writer with each durable batch, in order, before the
 /// batch's senders are answered, with where in `log.txt` each message
 /// record's line went (offset and length, in the order of the messages).
 pub(crate) type Publish = Box<dyn FnMut(&[Record], &[(u64, usize)]) + Send>;
 
-/// Starts the writer thread over the files in `dir`.
-pub(crate) fn start_writer(
-    dir: &Path,
-    durability: Durability,
-    metrics: Arc<Metrics>,
-    publish: Publish,
-) -> Result<JobSender, ChatError> {
-    let files = Files::open(dir, durability)?;
-    let (tx, rx) = mpsc::unbounded_channel::<Job>();
-    let writer = Writer {
-        files,
-        metrics,
-        publish,
-        batch: Vec::new(),
-        log_buf: String::new(),
-        state_buf: String::new(),
-        places: Vec::new(),
-        failed: None,
-    };
-    std::thread::Builder::new()
-        .name("chat-journal".into())
-        .spawn(move || writer.run(rx))
-        .map_err(|e| ChatError::storage(dir, e))?;
-    Ok(tx)
+/// The most records written at once (one `write` per file).
+const MAX_BATCH: usize = 1024;
+
+/// What a queued record's waiter hears: written (and synced), or why not.
+pub(crate) type Written = Result<(), Arc<std::io::Error>>;
+
+/// The journal: records queued in the order the server accepted them, and
+/// the one writer that appends them.
+///
+/// Who writes depends on the durability. With `os`, a write only reaches
+/// the OS (microseconds), so the task that waits for its record writes
+/// everything queued itself, if no other task is writing ("flat
+/// combining"): no hand-off to a thread and back. With `fsync`, a write
+/// blocks for a disk flush, too long for an async worker, so a thread
+/// writes every batch and the waiters sleep.
+pub(crate) struct Journal {
+    queue: Mutex<Vec<Job>>,
+    writer: Mutex<Writer>,
+    /// Waiters write (`os`) rather than the thread (`fsync`).
+    inline: bool,
+    /// Wakes the journal thread: after every record with `fsync`; with
+    /// `os`, only for a record whose waiter went away before writing it.
+    wake: std::sync::mpsc::Sender<()>,
 }
 
-/// The writer thread's state: the files, and buffers reused by every batch.
+/// A record queued to the journal; [`Queued::wait`] until it is written.
+/// Dropping it unawaited still gets the record written.
+pub(crate) struct Queued {
+    rx: Option<oneshot::Receiver<Written>>,
+    journal: Arc<Journal>,
+}
+
+/// Why a [`Queued`] record was not written.
+pub(crate) enum NotWritten {
+    /// The append failed (and every later one will).
+    Failed(Arc<std::io::Error>),
+    /// The journal went away (the server is shutting down).
+    Closed,
+}
+
+/// Locks `m`, ignoring poisoning: what the journal's locks guard stays
+/// consistent when a panic unwinds (a batch is answered or dropped whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    /// Opens the files in `dir` and starts the journal's thread.
+    pub(crate) fn start(
+        dir: &Path,
+        durability: Durability,
+        metrics: Arc<Metrics>,
+        publish: Publish,
+    ) -> Result<Arc<Self>, ChatError> {
+        let files = Files::open(dir, durability)?;
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let journal = Arc::new(Self {
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(Writer {
+                files,
+                metrics,
+                publish,
+                batch: Vec::new(),
+                log_buf: String::new(),
+                state_buf: String::new(),
+                places: Vec::new(),
+                failed: None,
+            }),
+            inline: durability == Durability::Os,
+            wake,
+        });
+        // The thread holds the journal weakly: it stops once the server
+        // (and every pending record) dropped it, which drops `wake`.
+        let weak = Arc::downgrade(&journal);
+        std::thread::Builder::new()
+            .name("chat-journal".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    while woken.try_recv().is_ok() {}
+                    let Some(journal) = weak.upgrade() else {
+                        return;
+                    };
+                    journal.combine();
+                }
+            })
+            .map_err(|e| ChatError::storage(dir, e))?;
+        Ok(journal)
+    }
+
+    /// Queues `record` after every record queued before it. Call it under
+    /// the lock that decides that order (the server's state lock); it
+    /// takes no lock of the writer's.
+    pub(crate) fn push(self: &Arc<Self>, record: Record) -> Queued {
+        let (done, rx) = oneshot::channel();
+        lock(&self.queue).push(Job { record, done });
+        if !self.inline {
+            // The thread only stops once the journal is gone.
+            let _ = self.wake.send(());
+        }
+        Queued {
+            rx: Some(rx),
+            journal: self.clone(),
+        }
+    }
+
+    /// Writes everything queued, unless another caller is writing: that
+    /// one looks at the queue again after it stopped writing, so nothing
+    /// queued before this call is left behind.
+    fn combine(&self) {
+        loop {
+            let mut writer = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    // A batch panicked half-way: what it left is unknown,
+                    // so nothing more is written (as after a failed write).
+                    let mut w = p.into_inner();
+                    w.batch.clear();
+                    w.failed.get_or_insert_with(|| {
+                        Arc::new(std::io::Error::other(
+                            "the journal's writer panicked; refusing all further writes",
+                        ))
+                    });
+                    self.writer.clear_poison();
+                    w
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let writer = &mut *writer;
+                {
+                    let mut queue = lock(&self.queue);
+                    if queue.len() <= MAX_BATCH {
+                        std::mem::swap(&mut *queue, &mut writer.batch);
+                    } else {
+                        writer.batch.extend(queue.drain(..MAX_BATCH));
+                    }
+                }
+                if writer.batch.is_empty() {
+                    break;
+                }
+                writer.commit();
+            }
+            drop(writer);
+            if lock(&self.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// Writes what is still queued (records whose waiters went away), as
+    /// the last thing the server does with its files.
+    fn drop(&mut self) {
+        self.combine();
+    }
+}
+
+impl Queued {
+    /// Waits until the record is in its file (and, with `fsync`, on disk).
+    pub(crate) async fn wait(mut self) -> Result<(), NotWritten> {
+        if self.journal.inline {
+            self.journal.combine();
+        }
+        let rx = self.rx.take().expect("a pending record is waited for once");
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NotWritten::Failed(e)),
+            Err(_) => Err(NotWritten::Closed),
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        // Not waited for and not written yet (a request cancelled between
+        // accepting and waiting): with `os` nobody may come to write it.
+        if let Some(rx) = &mut self.rx
+            && self.journal.inline
+            && matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            let _ = self.journal.wake.send(());
+        }
+    }
+}
+
+/// The writer's state: the files, and buffers reused by every batch.
 struct Writer {
     files: Files,
     metrics: Arc<Metrics>,
@@ -357,28 +515,15 @@ struct Writer {
 }
 
 impl Writer {
-    /// Takes every job queued (up to 1024) as one batch, until the server
-    /// drops its sender.
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            if let Some(e) = &self.failed {
-                let _ = first.done.send(Err(e.clone()));
-                continue;
-            }
-            self.batch.push(first);
-            while self.batch.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(job) => self.batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.commit();
-        }
-    }
-
     /// Writes the batch, then publishes it and answers its senders (or
     /// answers them all with the error).
     fn commit(&mut self) {
+        if let Some(e) = &self.failed {
+            for job in self.batch.drain(..) {
+                let _ = job.done.send(Err(e.clone()));
+            }
+            return;
+        }
         let registers = self.encode();
         let started = std::time::Instant::now();
         let result = self.files.append(&self.state_buf, &self.log_buf, registers);
@@ -591,8 +736,8 @@ mod tests {
         }))
     }
 
-    /// Starts a writer whose publish notes each published message's text.
-    fn writer(dir: &Path, durability: Durability) -> (JobSender, Arc<Mutex<Vec<String>>>) {
+    /// Starts a journal whose publish notes each published message's text.
+    fn journal(dir: &Path, durability: Durability) -> (Arc<Journal>, Arc<Mutex<Vec<String>>>) {
         let published = Arc::new(Mutex::new(Vec::new()));
         let seen = published.clone();
         let publish: Publish = Box::new(move |records, _| {
@@ -602,8 +747,8 @@ mod tests {
                 }
             }
         });
-        let tx = start_writer(dir, durability, Arc::new(Metrics::new()), publish).unwrap();
-        (tx, published)
+        let journal = Journal::start(dir, durability, Arc::new(Metrics::new()), publish).unwrap();
+        (journal, published)
     }
 
     /// With either durability the writer writes and publishes jobs in the
@@ -613,15 +758,15 @@ mod tests {
     async fn jobs_are_written_and_published_in_queue_order() {
         for durability in [Durability::Os, Durability::Fsync] {
             let dir = tempfile::tempdir().unwrap();
-            let (tx, published) = writer(dir.path(), durability);
+            let (journal, published) = journal(dir.path(), durability);
             // Queued under one lock, as the server does under its state lock.
             let order = Arc::new(Mutex::new(0u64));
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..8 {
-                let (tx, order) = (tx.clone(), order.clone());
+                let (journal, order) = (journal.clone(), order.clone());
                 tasks.spawn(async move {
                     for _ in 0..50 {
-                        let rxs = {
+                        let pending: Vec<Queued> = {
                             let mut n = order.lock().unwrap();
                             *n += 1;
                             let mut records = vec![message(*n)];
@@ -629,16 +774,10 @@ mod tests {
                                 let bob = ClientId::parse("bob").unwrap();
                                 records.push(Record::Ack(bob, *n - 5));
                             }
-                            let mut rxs = Vec::new();
-                            for record in records {
-                                let (done, rx) = oneshot::channel();
-                                tx.send(Job { record, done }).unwrap();
-                                rxs.push(rx);
-                            }
-                            rxs
+                            records.into_iter().map(|r| journal.push(r)).collect()
                         };
-                        for rx in rxs {
-                            rx.await.unwrap().unwrap();
+                        for p in pending {
+                            assert!(p.wait().await.is_ok());
                         }
                     }
                 });
@@ -663,5 +802,52 @@ mod tests {
                 .collect();
             assert_eq!(acks, (1..=40).map(|k| k * 10 - 5).collect::<Vec<_>>());
         }
+    }
+
+    /// A record whose waiter went away before waiting (a cancelled
+    /// request) is still written and published, with either durability,
+    /// though nothing is queued after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_nobody_waits_for_is_written_all_the_same() {
+        for durability in [Durability::Os, Durability::Fsync] {
+            let dir = tempfile::tempdir().unwrap();
+            let (journal, published) = journal(dir.path(), durability);
+            drop(journal.push(message(1)));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while published.lock().unwrap().is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{durability:?}: the record was never written"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(*published.lock().unwrap(), ["m1"], "{durability:?}");
+            let logged = replay(dir.path()).unwrap().messages;
+            assert_eq!(logged.len(), 1, "{durability:?}");
+            // The next record is written after it, and waited for.
+            assert!(journal.push(message(2)).wait().await.is_ok());
+            assert_eq!(*published.lock().unwrap(), ["m1", "m2"], "{durability:?}");
+        }
+    }
+
+    /// A record still queued when the server drops the journal is
+    /// written all the same, and the journal does go (its thread does not
+    /// keep it: a test process runs many servers).
+    #[test]
+    fn what_is_queued_when_the_journal_goes_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = journal(dir.path(), Durability::Os);
+        let weak = Arc::downgrade(&journal);
+        drop(journal.push(message(1)));
+        drop(journal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while weak.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the journal was never dropped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(replay(dir.path()).unwrap().messages.len(), 1);
     }
 }

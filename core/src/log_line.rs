@@ -17,7 +17,7 @@ use crate::message::{Message, parse_timestamp, write_timestamp};
 /// Appends the log line for `m` (with its trailing newline) to `out`.
 ///
 /// Everything goes straight into `out`: no per-line temporary strings, since
-/// this runs for every accepted message on the single journal-writer thread.
+/// this runs for every accepted message, under the journal's one writer.
 pub fn write_line(out: &mut String, m: &Message) {
     write_timestamp(out, m.timestamp_ms);
     out.push(' ');

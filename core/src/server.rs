@@ -49,7 +49,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::error::ChatError;
 use crate::id::{ClientId, MessageId};
 use crate::identity::{Credentials, Principal, Secret, SecretHash};
-use crate::journal::{self, Durability, Job, JobSender, LOG_FILE, Located, Record};
+use crate::journal::{self, Durability, Journal, LOG_FILE, Located, NotWritten, Queued, Record};
 use crate::limits::Limits;
 use crate::message::{ClientInfo, Message, Receipt, SendCommand, now_ms};
 use crate::metrics::Metrics;
@@ -87,7 +87,7 @@ pub struct ChatServer {
 
 struct Inner {
     state: Arc<Mutex<State>>,
-    journal: JobSender,
+    journal: Arc<Journal>,
     /// `log.txt`, opened for reading: histories are read back from it.
     log: Arc<std::fs::File>,
     /// Its path, for the errors of those reads.
@@ -304,7 +304,7 @@ impl ChatServer {
         let state = Arc::new(Mutex::new(state));
         let for_writer = (state.clone(), metrics.clone());
         let budget = config.limits.mailbox_memory;
-        let journal = journal::start_writer(
+        let journal = Journal::start(
             &config.data_dir,
             config.durability,
             metrics.clone(),
@@ -345,26 +345,20 @@ impl ChatServer {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn queue(&self, record: Record) -> oneshot::Receiver<Result<(), Arc<std::io::Error>>> {
-        let (done, rx) = oneshot::channel();
-        // The writer only stops when the process does; a closed channel
-        // shows up as an error on `rx`.
-        let _ = self.inner.journal.send(Job { record, done });
-        rx
+    /// Queues `record` to the journal; call under the state lock, which
+    /// orders records.
+    fn queue(&self, record: Record) -> Queued {
+        self.inner.journal.push(record)
     }
 
-    async fn durable(
-        &self,
-        rx: oneshot::Receiver<Result<(), Arc<std::io::Error>>>,
-    ) -> Result<(), ChatError> {
-        let path = &self.inner.data_dir;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ChatError::storage(
-                path,
+    async fn durable(&self, queued: Queued) -> Result<(), ChatError> {
+        match queued.wait().await {
+            Ok(()) => Ok(()),
+            Err(NotWritten::Failed(e)) => Err(ChatError::storage(
+                &self.inner.data_dir,
                 std::io::Error::new(e.kind(), e.to_string()),
             )),
-            Err(_) => Err(ChatError::ShuttingDown),
+            Err(NotWritten::Closed) => Err(ChatError::ShuttingDown),
         }
     }
 
@@ -1163,7 +1157,7 @@ pub struct Admitted {
     server: ChatServer,
     receipt: Receipt,
     /// `None`: accepted before (a retried send), durable already.
-    durable: Option<oneshot::Receiver<Result<(), Arc<std::io::Error>>>>,
+    durable: Option<Queued>,
 }
 
 impl Admitted {
