@@ -17,7 +17,7 @@
 //!   rewritten as a snapshot (one registration and one ack per client)
 //!   whenever that makes it shorter.
 //!
-//! All appends go through one writer (see [`Journal`] for who runs it),
+//! All appends go through one writer (`Journal` below says who runs it),
 //! which takes every record that is queued, writes each file with one
 //! `write` call, optionally `fsync`s (both files at once, unless the batch
 //! registers a client), then hands the batch back for the server to
