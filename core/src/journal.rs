@@ -324,7 +324,9 @@ pub(crate) type Written = Result<(), Arc<std::io::Error>>;
 /// Who writes depends on the durability. With `os`, a write only reaches
 /// the OS (microseconds), so the task that waits for its record writes
 /// everything queued itself, if no other task is writing ("flat
-/// combining"): no hand-off to a thread and back. With `fsync`, a write
+/// combining"): no hand-off to a thread and back. It first yields once,
+/// so that the tasks that are ready queue their records and one write
+/// takes them all (group commit). With `fsync`, a write
 /// blocks for a disk flush, too long for an async worker, so a thread
 /// writes every batch and the waiters sleep.
 pub(crate) struct Journal {
@@ -474,6 +476,11 @@ impl Queued {
     /// Waits until the record is in its file (and, with `fsync`, on disk).
     pub(crate) async fn wait(mut self) -> Result<(), NotWritten> {
         if self.journal.inline {
+            // Let the tasks that are ready queue their records first, so
+            // that one write takes them all (a task that polls many sends
+            // at once, or the requests of one busy connection); without
+            // this each record went in a write of its own.
+            tokio::task::yield_now().await;
             self.journal.combine();
         }
         let rx = self.rx.take().expect("a pending record is waited for once");
@@ -802,6 +809,33 @@ mod tests {
                 .collect();
             assert_eq!(acks, (1..=40).map(|k| k * 10 - 5).collect::<Vec<_>>());
         }
+    }
+
+    /// With `os`, records queued by sends that one task polls together
+    /// (as a batch request does) go to the files in one write, not one
+    /// write each: the waiting task lets the others queue first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn records_waited_for_together_share_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let publish: Publish = Box::new(move |records, _| {
+            seen.lock().unwrap().push(records.len());
+        });
+        let journal = Journal::start(
+            dir.path(),
+            Durability::Os,
+            Arc::new(Metrics::new()),
+            publish,
+        )
+        .unwrap();
+        let sends = (1..=20).map(|n| {
+            let journal = journal.clone();
+            async move { journal.push(message(n)).wait().await.is_ok() }
+        });
+        let written = futures::future::join_all(sends).await;
+        assert!(written.iter().all(|ok| *ok));
+        assert_eq!(*batches.lock().unwrap(), [20]);
     }
 
     /// A record whose waiter went away before waiting (a cancelled
