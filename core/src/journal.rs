@@ -354,8 +354,8 @@ pub(crate) enum NotWritten {
     Closed,
 }
 
-/// Locks `m`, ignoring poisoning: what the journal's locks guard stays
-/// consistent when a panic unwinds (a batch is answered or dropped whole).
+/// Locks the queue, ignoring poisoning: a push or a drain cannot leave it
+/// half-done. (A poisoned writer is handled in [`Journal::combine`].)
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
