@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use chat_core::{ChatClient, ClientError, ClientId, ConnectionState, Incoming, IncomingEvent};
+use chat_core::{
+    ChatClient, ClientError, ClientId, ConnectionState, ErrorCode, Incoming, IncomingEvent,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -34,14 +36,17 @@ pub(crate) async fn interactive<C: ChatClient>(
     }
     let mut lines = input::spawn(tty, out.clone(), client.id().to_string());
     let demo = demo.map(|peer| crate::demo::spawn(client.clone(), out.clone(), peer));
+    let (unknown, mut unknown_rx) = mpsc::unbounded_channel();
     let mut repl = Repl {
         client,
         out,
         tasks: JoinSet::new(),
         lanes: Lanes::new(),
         last_to: None,
+        unknown,
     };
-    repl.run(state, &mut incoming, &mut lines).await;
+    repl.run(state, &mut incoming, &mut lines, &mut unknown_rx)
+        .await;
     if let Some(demo) = demo {
         demo.abort();
     }
@@ -59,6 +64,8 @@ struct Repl<C> {
     lanes: Lanes,
     /// Where plain text goes: the last recipient named.
     last_to: Option<ClientId>,
+    /// Lanes report here a recipient the server does not know.
+    unknown: mpsc::UnboundedSender<ClientId>,
 }
 
 impl<C: ChatClient> Repl<C> {
@@ -68,6 +75,7 @@ impl<C: ChatClient> Repl<C> {
         state: &mut Keeper,
         incoming: &mut Incoming,
         lines: &mut mpsc::Receiver<Input>,
+        unknown: &mut mpsc::UnboundedReceiver<ClientId>,
     ) {
         let mut input_open = true;
         let mut leftover: Option<IncomingEvent> = None;
@@ -89,6 +97,7 @@ impl<C: ChatClient> Repl<C> {
                     }
                     Some(Input::Eof) | None => input_open = false,
                 },
+                Some(to) = unknown.recv() => self.forget(&to),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 () = &mut shutdown => break,
             }
@@ -162,9 +171,22 @@ impl<C: ChatClient> Repl<C> {
         };
         self.last_to = Some(to.clone());
         let lane = self.lanes.entry(to.clone()).or_insert_with(|| {
-            spawn_lane(&mut self.tasks, self.client.clone(), self.out.clone(), to)
+            let (client, out, unknown) =
+                (self.client.clone(), self.out.clone(), self.unknown.clone());
+            spawn_lane(&mut self.tasks, client, out, unknown, to)
         });
         let _ = lane.send(text);
+    }
+
+    /// The server does not know `to`: plain text no longer goes there
+    /// (each line would fail the same way).
+    fn forget(&mut self, to: &ClientId) {
+        if self.last_to.as_ref() == Some(to) {
+            self.last_to = None;
+            self.out.info(format!(
+                "plain text has no recipient now ({to} is not registered): use /msg <id> <text>"
+            ));
+        }
     }
 
     /// Lets the messages typed before leaving land.
@@ -189,11 +211,12 @@ async fn next_event(
 }
 
 /// A task that sends what is queued for `to`, in order, until the queue
-/// is dropped.
+/// is dropped. Reports on `unknown` when the server does not know `to`.
 fn spawn_lane<C: ChatClient>(
     tasks: &mut JoinSet<()>,
     client: C,
     out: Output,
+    unknown: mpsc::UnboundedSender<ClientId>,
     to: ClientId,
 ) -> mpsc::UnboundedSender<String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -201,7 +224,12 @@ fn spawn_lane<C: ChatClient>(
         while let Some(text) = rx.recv().await {
             match client.send(&to, &text).await {
                 Ok(accepted) => out.accepted(&to, &accepted),
-                Err(e) => out.error(&e),
+                Err(e) => {
+                    out.error(&e);
+                    if e.code() == Some(ErrorCode::NotFound) {
+                        let _ = unknown.send(to.clone());
+                    }
+                }
             }
         }
     });

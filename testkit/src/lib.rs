@@ -39,6 +39,7 @@ macro_rules! chat_scenarios {
             kill9_and_restart_lose_nothing_and_show_nothing_twice,
             sigterm_stops_gracefully_and_state_survives,
             cli_piped_stdin_and_listen,
+            cli_forgets_an_unknown_recipient,
             cli_one_shot_commands_and_json,
             cli_errors_are_one_line_with_exit_codes,
             cli_keeps_listening_across_a_server_crash,

@@ -9,7 +9,7 @@ use chat_core::log_line::parse_line;
 use chat_core::message::parse_timestamp;
 use chat_core::{ChatClient, ClientId, ClientInfo, ErrorCode, Incoming};
 use futures::future::join_all;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::PATIENCE;
 use crate::env::{Env, Stack, assert_no_more, eventually, recv_n, server_command};
@@ -484,6 +484,74 @@ pub async fn cli_piped_stdin_and_listen<S: Stack>() {
                 .is_some_and(|s| parse_timestamp(s).is_some()),
             "{e}"
         );
+    }
+}
+
+/// After a send to a recipient the server does not know fails, plain text
+/// no longer goes there: the CLI says so once, and the next plain line is
+/// refused at once instead of failing the same way on the server.
+pub async fn cli_forgets_an_unknown_recipient<S: Stack>() {
+    let env = Env::<S>::start().await;
+    let mut alice = env
+        .cli("alice")
+        .arg("--json")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = alice.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(alice.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    stdin.write_all(b"/msg nobody hi\n").await.unwrap();
+    read_until(&mut stdout, &mut events, |e| {
+        e["event"] == "info"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("plain text has no recipient now"))
+    })
+    .await;
+    stdin.write_all(b"still there?\n/quit\n").await.unwrap();
+    drop(stdin);
+    read_until(&mut stdout, &mut events, |e| {
+        e["event"] == "error"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no recipient yet"))
+    })
+    .await;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "error" && e["code"] == "NOT_FOUND")
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    let status = tokio::time::timeout(PATIENCE, alice.wait())
+        .await
+        .expect("alice exits after /quit")
+        .unwrap();
+    assert!(status.success(), "{events:?}");
+}
+
+/// Reads a `--json` client's events into `events` until one satisfies
+/// `until` (within [`PATIENCE`]).
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    events: &mut Vec<serde_json::Value>,
+    until: impl Fn(&serde_json::Value) -> bool,
+) {
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("client output") {
+            let e: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
+            let done = until(&e);
+            events.push(e);
+            if done {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(PATIENCE, read).await {
+        Ok(true) => {}
+        Ok(false) => panic!("the output ended before the awaited event: {events:?}"),
+        Err(_) => panic!("no awaited event in time: {events:?}"),
     }
 }
 
