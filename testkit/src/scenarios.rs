@@ -502,22 +502,12 @@ pub async fn cli_forgets_an_unknown_recipient<S: Stack>() {
     let mut stdout = tokio::io::BufReader::new(alice.stdout.take().unwrap()).lines();
     let mut events = Vec::new();
     stdin.write_all(b"/msg nobody hi\n").await.unwrap();
-    read_until(&mut stdout, &mut events, |e| {
-        e["event"] == "info"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("plain text has no recipient now"))
-    })
-    .await;
+    let notice = says("info", "plain text has no recipient now");
+    read_until(&mut stdout, &mut events, notice).await;
     stdin.write_all(b"still there?\n/quit\n").await.unwrap();
     drop(stdin);
-    read_until(&mut stdout, &mut events, |e| {
-        e["event"] == "error"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("no recipient yet"))
-    })
-    .await;
+    let refused_locally = says("error", "no recipient yet");
+    read_until(&mut stdout, &mut events, refused_locally).await;
     let refused: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "error" && e["code"] == "NOT_FOUND")
@@ -528,6 +518,12 @@ pub async fn cli_forgets_an_unknown_recipient<S: Stack>() {
         .expect("alice exits after /quit")
         .unwrap();
     assert!(status.success(), "{events:?}");
+}
+
+/// Matches a `--json` client's event of kind `event` whose message
+/// contains `text`.
+fn says<'a>(event: &'a str, text: &'a str) -> impl Fn(&serde_json::Value) -> bool + 'a {
+    move |e| e["event"] == event && e["message"].as_str().is_some_and(|m| m.contains(text))
 }
 
 /// Reads a `--json` client's events into `events` until one satisfies
