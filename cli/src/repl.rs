@@ -43,6 +43,7 @@ pub(crate) async fn interactive<C: ChatClient>(
         tasks: JoinSet::new(),
         lanes: Lanes::new(),
         last_to: None,
+        forgotten: None,
         unknown,
     };
     repl.run(state, &mut incoming, &mut lines, &mut unknown_rx)
@@ -64,6 +65,9 @@ struct Repl<C> {
     lanes: Lanes,
     /// Where plain text goes: the last recipient named.
     last_to: Option<ClientId>,
+    /// The last recipient named, when the server said it does not know it
+    /// (plain text then has no recipient, and the refusal says why).
+    forgotten: Option<ClientId>,
     /// Lanes report here a recipient the server does not know.
     unknown: mpsc::UnboundedSender<ClientId>,
 }
@@ -165,11 +169,15 @@ impl<C: ChatClient> Repl<C> {
     /// Queues `text` on the lane of `to` (or of the last recipient).
     fn send(&mut self, to: Option<ClientId>, text: String) {
         let Some(to) = to.or_else(|| self.last_to.clone()) else {
-            return self
-                .out
-                .error_text("no recipient yet: start with /msg <id> <text>");
+            return self.out.error_text(&match &self.forgotten {
+                Some(gone) => {
+                    format!("no recipient ({gone} is not registered): use /msg <id> <text>")
+                }
+                None => "no recipient yet: start with /msg <id> <text>".into(),
+            });
         };
         self.last_to = Some(to.clone());
+        self.forgotten = None;
         let lane = self.lanes.entry(to.clone()).or_insert_with(|| {
             let (client, out, unknown) =
                 (self.client.clone(), self.out.clone(), self.unknown.clone());
@@ -183,6 +191,7 @@ impl<C: ChatClient> Repl<C> {
     fn forget(&mut self, to: &ClientId) {
         if self.last_to.as_ref() == Some(to) {
             self.last_to = None;
+            self.forgotten = Some(to.clone());
             self.out.info(format!(
                 "plain text has no recipient now ({to} is not registered): use /msg <id> <text>"
             ));

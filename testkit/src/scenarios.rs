@@ -506,7 +506,7 @@ pub async fn cli_forgets_an_unknown_recipient<S: Stack>() {
     read_until(&mut stdout, &mut events, notice).await;
     stdin.write_all(b"still there?\n/quit\n").await.unwrap();
     drop(stdin);
-    let refused_locally = says("error", "no recipient yet");
+    let refused_locally = says("error", "no recipient (nobody is not registered)");
     read_until(&mut stdout, &mut events, refused_locally).await;
     let refused: Vec<_> = events
         .iter()
