@@ -203,20 +203,32 @@ fn spawn_receivers(
     live: &Arc<Live>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<ReceiverLog>> {
-    let mut receivers = Vec::new();
-    for (i, incoming) in incomings.into_iter().enumerate() {
-        receivers.push(tokio::spawn(receive(
-            i as u32,
-            incoming,
-            tag.to_owned(),
-            epoch,
-            window,
-            permits.to_vec(),
-            live.clone(),
-            stop.clone(),
-        )));
-    }
-    receivers
+    // One copy for all receivers, not one per receiver (1000 clients would
+    // otherwise clone 1000 permit lists of 1000 each).
+    let shared = Arc::new(Receiving {
+        tag: tag.into(),
+        epoch,
+        window,
+        permits: permits.into(),
+        live: live.clone(),
+    });
+    incomings
+        .into_iter()
+        .enumerate()
+        .map(|(i, incoming)| {
+            tokio::spawn(receive(i as u32, incoming, shared.clone(), stop.clone()))
+        })
+        .collect()
+}
+
+/// What every [`receive`] task reads: the run's tag and clock, the
+/// measured window, the senders' window permits and the live counters.
+struct Receiving {
+    tag: Arc<str>,
+    epoch: Instant,
+    window: Window,
+    permits: Arc<[Arc<Semaphore>]>,
+    live: Arc<Live>,
 }
 
 /// The sending side of a run under way.
@@ -553,15 +565,13 @@ impl<C: ChatClient> SyntheticSender<C> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One client's receiving side: notes each probe message shown (repeats and
+/// foreign messages apart), gives its sender's window permit back, acks it,
+/// and counts reconnects; until `stop`, then carries the last acks.
 async fn receive(
     me: u32,
     mut incoming: Incoming,
-    tag: String,
-    epoch: Instant,
-    window: Window,
-    permits: Vec<Arc<Semaphore>>,
-    live: Arc<Live>,
+    run: Arc<Receiving>,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverLog {
     let mut log = ReceiverLog::new(me);
@@ -572,12 +582,12 @@ async fn receive(
         };
         match event {
             Some(IncomingEvent::Message(d)) => {
-                let now_ns = epoch.elapsed().as_nanos() as u64;
-                match probe::decode(&tag, &d.message.text) {
+                let now_ns = run.epoch.elapsed().as_nanos() as u64;
+                match probe::decode(&run.tag, &d.message.text) {
                     Some(p) => {
-                        if log.shown(p, now_ns, window) {
-                            live.delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Some(s) = permits.get(p.sender as usize) {
+                        if log.shown(p, now_ns, run.window) {
+                            run.live.delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(s) = run.permits.get(p.sender as usize) {
                                 s.add_permits(1);
                             }
                         }
