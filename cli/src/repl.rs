@@ -42,8 +42,7 @@ pub(crate) async fn interactive<C: ChatClient>(
         out,
         tasks: JoinSet::new(),
         lanes: Lanes::new(),
-        last_to: None,
-        forgotten: None,
+        plain_to: PlainTo::Nobody,
         unknown,
     };
     repl.run(state, &mut incoming, &mut lines, &mut unknown_rx)
@@ -56,6 +55,17 @@ pub(crate) async fn interactive<C: ChatClient>(
     Ok(())
 }
 
+/// Where a plain line (no `/msg <id>`) goes.
+enum PlainTo {
+    /// Nowhere yet: no recipient was named.
+    Nobody,
+    /// The last recipient named.
+    Last(ClientId),
+    /// Nowhere: the server said the last recipient named is unknown (the
+    /// refusal says so).
+    Unknown(ClientId),
+}
+
 /// What the loop acts with besides its inputs.
 struct Repl<C> {
     client: C,
@@ -63,11 +73,8 @@ struct Repl<C> {
     /// Lanes and the answers to `/list` and `/history`, running.
     tasks: JoinSet<()>,
     lanes: Lanes,
-    /// Where plain text goes: the last recipient named.
-    last_to: Option<ClientId>,
-    /// The last recipient named, when the server said it does not know it
-    /// (plain text then has no recipient, and the refusal says why).
-    forgotten: Option<ClientId>,
+    /// Where plain text goes.
+    plain_to: PlainTo,
     /// Lanes report here a recipient the server does not know.
     unknown: mpsc::UnboundedSender<ClientId>,
 }
@@ -168,16 +175,21 @@ impl<C: ChatClient> Repl<C> {
 
     /// Queues `text` on the lane of `to` (or of the last recipient).
     fn send(&mut self, to: Option<ClientId>, text: String) {
-        let Some(to) = to.or_else(|| self.last_to.clone()) else {
-            return self.out.error_text(&match &self.forgotten {
-                Some(gone) => {
-                    format!("no recipient ({gone} is not registered): use /msg <id> <text>")
-                }
-                None => "no recipient yet: start with /msg <id> <text>".into(),
-            });
+        let to = match (to, &self.plain_to) {
+            (Some(to), _) => to,
+            (None, PlainTo::Last(to)) => to.clone(),
+            (None, PlainTo::Unknown(gone)) => {
+                let refusal =
+                    format!("no recipient ({gone} is not registered): use /msg <id> <text>");
+                return self.out.error_text(&refusal);
+            }
+            (None, PlainTo::Nobody) => {
+                return self
+                    .out
+                    .error_text("no recipient yet: start with /msg <id> <text>");
+            }
         };
-        self.last_to = Some(to.clone());
-        self.forgotten = None;
+        self.plain_to = PlainTo::Last(to.clone());
         let lane = self.lanes.entry(to.clone()).or_insert_with(|| {
             let (client, out, unknown) =
                 (self.client.clone(), self.out.clone(), self.unknown.clone());
@@ -189,9 +201,8 @@ impl<C: ChatClient> Repl<C> {
     /// The server does not know `to`: plain text no longer goes there
     /// (each line would fail the same way).
     fn forget(&mut self, to: &ClientId) {
-        if self.last_to.as_ref() == Some(to) {
-            self.last_to = None;
-            self.forgotten = Some(to.clone());
+        if matches!(&self.plain_to, PlainTo::Last(last) if last == to) {
+            self.plain_to = PlainTo::Unknown(to.clone());
             self.out.info(format!(
                 "plain text has no recipient now ({to} is not registered): use /msg <id> <text>"
             ));
